@@ -1,0 +1,3 @@
+from pseudoserve.cli import main
+
+raise SystemExit(main())
