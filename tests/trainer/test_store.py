@@ -1,0 +1,214 @@
+"""SampleStore: capture batches, dedup, labels, pseudo-labels, retention, refusal of foreign or
+corrupt files (which must stay byte-for-byte unmodified), reopening after a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from protos import collector_pb2, trainer_pb2
+from tests.trainer.conftest import make_record, random_records
+from trainer.store import InvalidSampleError, Retention, SampleStore, StoreError
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_captured_records_round_trip_and_duplicates_are_stored_once(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    recs = random_records(10)
+    with SampleStore(tmp_path / "s.db", registry=registry) as store:
+        assert store.add_captured(recs[:6]) == (6, 0)
+        assert store.add_captured(recs) == (4, 6)  # a resent batch plus new ones
+        assert store.counts()["unlabeled"] == 10
+        ids, X = store.unlabeled_arrays()
+        assert X.shape == (10, 4) and X.dtype == np.float32
+        # newest first: the last record's features come first
+        expected = np.frombuffer(recs[-1].inputs[0].data, dtype=np.float32)
+        np.testing.assert_array_equal(X[0], expected)
+        ids2, probs = store.served_probabilities()
+        np.testing.assert_array_equal(ids, ids2)
+        np.testing.assert_allclose(probs[0], recs[-1].probabilities, rtol=1e-6)
+    assert _value(registry, "pseudoserve_trainer_stored_total") == 10
+    assert _value(registry, "pseudoserve_trainer_duplicates_total") == 6
+    assert _value(registry, "pseudoserve_trainer_samples", pool="unlabeled") == 10
+
+
+def test_same_request_id_of_two_models_is_two_samples(tmp_path: Path) -> None:
+    with SampleStore(tmp_path / "s.db") as store:
+        a = make_record("same", np.zeros(4), [0.5, 0.5], model="a")
+        b = make_record("same", np.ones(4), [0.5, 0.5], model="b")
+        assert store.add_captured([a, b, a]) == (2, 1)
+        ids, X = store.unlabeled_arrays(model_name="b")
+        assert len(ids) == 1 and X[0].tolist() == [1, 1, 1, 1]
+
+
+def test_store_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SampleStore(path) as store:
+        store.add_captured(random_records(5))
+        store.add_labeled(np.eye(3, dtype=np.float32), np.array([0, 1, 2]), split="labeled")
+        store.set_state("active_version", "3")
+        store.record_round(trainer_pb2.RoundSummary(round=1, outcome="promoted", student_version="3"))
+    with SampleStore(path) as store:
+        counts = store.counts()
+        assert (counts["unlabeled"], counts["labeled"]) == (5, 3)
+        assert counts["bytes"] > 0
+        assert store.get_state("active_version") == "3" and store.get_state("missing") is None
+        assert [r.student_version for r in store.rounds()] == ["3"]
+        assert store.add_captured(random_records(5)) == (0, 5)
+
+
+def test_labeled_and_holdout_sets_are_idempotent(tmp_path: Path) -> None:
+    X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    y = np.array([0, 1, 0, 1, 2, 2])
+    with SampleStore(tmp_path / "s.db") as store:
+        assert store.add_labeled(X, y, split="labeled") == 6
+        assert store.add_labeled(X, y, split="labeled") == 0
+        assert store.add_labeled(X[:2], y[:2], split="holdout") == 2
+        X2, y2 = store.labeled_arrays("labeled")
+        np.testing.assert_array_equal(X2, X)
+        assert y2.dtype == np.int64 and y2.tolist() == y.tolist()
+        assert store.labeled_arrays("holdout")[0].shape == (2, 2)
+        with pytest.raises(InvalidSampleError, match="split"):
+            store.add_labeled(X, y, split="train")
+        with pytest.raises(InvalidSampleError, match="X must be"):
+            store.add_labeled(X, y[:3], split="labeled")
+
+
+def test_submit_labels_by_request_id_and_by_sample(tmp_path: Path) -> None:
+    with SampleStore(tmp_path / "s.db") as store:
+        recs = random_records(5)
+        store.add_captured(recs)
+        sample = trainer_pb2.Sample(inputs=[collector_pb2.Tensor(
+            name="input", datatype="FP32", shape=[1, 4], data=np.full(4, 7, np.float32).tobytes())])
+        accepted, unknown = store.submit_labels([
+            trainer_pb2.LabelItem(request_id="req-3", label=2),
+            trainer_pb2.LabelItem(request_id="nope", label=1),
+            trainer_pb2.LabelItem(sample=sample, label=0),
+        ])
+        assert accepted == 2 and unknown == ["nope"]
+        counts = store.counts()
+        assert (counts["unlabeled"], counts["feedback"]) == (4, 2)
+        X, y = store.labeled_arrays("feedback")
+        np.testing.assert_array_equal(X[0], np.frombuffer(recs[3].inputs[0].data, dtype=np.float32))
+        assert y.tolist() == [2, 0] and X[1].tolist() == [7, 7, 7, 7]
+        # a corrected label replaces the previous one
+        assert store.submit_labels([trainer_pb2.LabelItem(request_id="req-3", label=1)]) == (1, [])
+        assert store.labeled_arrays("feedback")[1].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("item, message", [
+    (trainer_pb2.LabelItem(request_id="req-1", label=-1), r"items\[0\].label"),
+    (trainer_pb2.LabelItem(label=1), r"items\[0\]: set either"),
+    (trainer_pb2.LabelItem(sample=trainer_pb2.Sample(), label=1), r"items\[0\].sample.inputs is empty"),
+    (trainer_pb2.LabelItem(sample=trainer_pb2.Sample(inputs=[collector_pb2.Tensor(
+        name="input", datatype="FP32", shape=[1, 4], data=b"123")]), label=1), r"items\[0\].sample.inputs\[0\].*bytes"),
+    (trainer_pb2.LabelItem(sample=trainer_pb2.Sample(inputs=[collector_pb2.Tensor(
+        name="input", datatype="FP32", shape=[2, 2], data=bytes(16))]), label=1), r"batch dimension 1"),
+    (trainer_pb2.LabelItem(sample=trainer_pb2.Sample(inputs=[collector_pb2.Tensor(
+        name="input", datatype="FP99", shape=[1, 1], data=bytes(4))]), label=1), r"FP99"),
+])
+def test_malformed_label_items_name_the_field_and_store_nothing(tmp_path: Path, item, message) -> None:
+    with SampleStore(tmp_path / "s.db") as store:
+        store.add_captured(random_records(2))
+        with pytest.raises(InvalidSampleError, match=message):
+            store.submit_labels([item])
+        assert store.counts()["feedback"] == 0
+
+
+def test_pseudo_labels_latest_round_wins_and_labeled_samples_drop_out(tmp_path: Path) -> None:
+    with SampleStore(tmp_path / "s.db") as store:
+        store.add_captured(random_records(4))
+        ids, _ = store.unlabeled_arrays()
+        store.set_pseudo_labels(ids[:3], np.array([0, 1, 2]), np.array([0.9, 0.8, 0.7]), 1)
+        store.set_pseudo_labels(ids[:1], np.array([2]), np.array([0.95]), 2)
+        assert store.pseudo_labels() == {int(ids[0]): 2, int(ids[1]): 1, int(ids[2]): 2}
+        assert store.counts()["pseudo_labeled"] == 3
+        # the newest unlabeled is req-3; labeling it removes its pseudo-label from the pool
+        store.submit_labels([trainer_pb2.LabelItem(request_id="req-3", label=0)])
+        assert store.counts()["pseudo_labeled"] == 2 and int(ids[0]) not in store.pseudo_labels()
+
+
+def test_retention_max_samples_evicts_oldest_unlabeled_only(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    with SampleStore(tmp_path / "s.db", retention=Retention(max_samples=5), registry=registry) as store:
+        store.add_labeled(np.zeros((3, 4), np.float32), np.array([0, 1, 2]), split="holdout")
+        store.add_captured(random_records(4))
+        store.submit_labels([trainer_pb2.LabelItem(request_id="req-0", label=1)])  # feedback: kept
+        store.add_captured(random_records(6, start=4))
+        counts = store.counts()
+        assert (counts["unlabeled"], counts["feedback"], counts["holdout"]) == (5, 1, 3)
+        kept = [s.request_id for s in store.samples_by_id(store.unlabeled_arrays()[0])]
+        assert kept == [f"req-{i}" for i in (9, 8, 7, 6, 5)]
+    assert _value(registry, "pseudoserve_trainer_evicted_total", reason="max_samples") == 4
+
+
+def test_retention_max_bytes_and_max_age(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    with SampleStore(tmp_path / "a.db", registry=registry) as probe:
+        probe.add_captured(random_records(1))
+        one = probe.counts()["bytes"]
+    with SampleStore(tmp_path / "s.db", retention=Retention(max_bytes=3 * one), registry=registry) as store:
+        store.add_captured(random_records(10))
+        assert store.counts()["unlabeled"] == 3 and store.counts()["bytes"] <= 3 * one
+    assert _value(registry, "pseudoserve_trainer_evicted_total", reason="max_bytes") == 7
+    with SampleStore(tmp_path / "t.db", retention=Retention(max_age_seconds=1e-9), registry=registry) as store:
+        store.add_captured(random_records(3))  # stored, then already older than the limit at the next batch
+        store.add_captured(random_records(2, start=3))
+        assert store.counts()["unlabeled"] <= 2
+    assert _value(registry, "pseudoserve_trainer_evicted_total", reason="max_age") >= 3
+
+
+def test_truncated_records_are_stored_without_features(tmp_path: Path) -> None:
+    rec = make_record("big", np.zeros(4), [0.2, 0.8])
+    del rec.inputs[:]
+    rec.truncated = True
+    with SampleStore(tmp_path / "s.db") as store:
+        assert store.add_captured([rec]) == (1, 0)
+        assert store.counts()["unlabeled"] == 1
+        assert len(store.unlabeled_arrays()[0]) == 0  # no features to train on
+        assert len(store.served_probabilities()[0]) == 1
+
+
+def _snapshot(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+@pytest.mark.parametrize("kind", ["text", "foreign_sqlite", "truncated_store", "garbage_pages", "newer_schema"])
+def test_foreign_or_corrupt_file_is_refused_and_left_unmodified(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "store.db"
+    if kind == "text":
+        path.write_text("id,label\n1,2\n")
+    elif kind == "foreign_sqlite":
+        con = sqlite3.connect(path)
+        con.execute("CREATE TABLE t (a)")
+        con.commit()
+        con.close()
+    else:
+        with SampleStore(path) as store:
+            store.add_captured(random_records(300, features=64))
+        data = bytearray(path.read_bytes())
+        if kind == "truncated_store":
+            data = data[: len(data) // 2]
+        elif kind == "garbage_pages":
+            page = int.from_bytes(data[16:18], "big")
+            data[page * 2: page * 2 + 2048] = bytes(range(256)) * 8  # overwrite inside a b-tree page
+        else:
+            data[60:64] = (99).to_bytes(4, "big")
+        path.write_bytes(bytes(data))
+    before = _snapshot(path)
+    with pytest.raises(StoreError) as info:
+        SampleStore(path)
+    assert str(path) in str(info.value)
+    assert _snapshot(path) == before
+
+
+def test_directory_as_store_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="directory"):
+        SampleStore(tmp_path)
