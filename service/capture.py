@@ -1,0 +1,444 @@
+"""Capture of served traffic for the trainer sidecar: a bounded in-memory queue filled by the data
+plane after each successful inference, drained by one background task that streams batches of
+CaptureRecords to the trainer's `pseudoserve.v1.Collector/Stream` and forgets a batch only when
+the trainer acknowledged it (the trainer acks after commit).
+
+Who calls it: the service's server start-up builds `Capture.from_settings(settings, registry)`
+(None when no trainer address is set or sampling is 0), awaits `start()` and, on shutdown,
+`stop(timeout)`; the DataPlane calls `offer(...)` after every successful request.
+
+Guarantees and choices:
+- `offer` is O(1) and never blocks or raises: sampling, the per-model filter, one tuple appended
+  under a lock that is held only for the append. Conversion to protobuf (probabilities, predicted
+  class, confidence, margin, per-row input slices) happens in the background task.
+- The bound (`queue_size` records) covers queued records *and* sent-but-unacknowledged ones.
+  When it is exceeded the oldest queued (not yet sent) records are dropped, counted as
+  `pseudoserve_capture_dropped_total{reason="queue_full"}`; unacknowledged batches are kept for
+  resending (at most `max_in_flight` batches are in flight), so memory stays bounded however long
+  the trainer is down, slow or restarting, and clients never notice.
+- A record whose inputs exceed `max_record_bytes` is still sent with its prediction metadata but
+  without inputs (`truncated = true`), counted as `dropped_total{reason="too_large"}` (its inputs
+  were dropped). Records never acknowledged before `stop` gives up are counted `shutdown`.
+- Reconnects use exponential backoff with full jitter (`uniform(0, min(max, initial * 2**n))`),
+  reset after the first acknowledgement of a stream; unacknowledged batches are resent first,
+  with their original batch ids; the trainer deduplicates by request id.
+- A request of N rows yields N records with ids "<id>" (N == 1) or "<id>#<row>", each with its
+  own rows of every input (shape [1, ...]). Probabilities come from the output named
+  `probabilities`, else the first 2-D floating output, softmaxed if its rows are not already
+  distributions; a model without one yields records with empty probabilities and class -1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from protos import collector_pb2, collector_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+InputTuple = tuple[str, str, Sequence[int], bytes]  # (name, datatype, shape, raw bytes)
+_Queued = tuple[int, str, str, str, Sequence[InputTuple], Mapping[str, np.ndarray], int]
+
+
+class CaptureMetrics:
+    """The capture families of docs/architecture.md, on the service's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.captured = Counter("pseudoserve_capture_records", "Records captured for the trainer", ["model"],
+                                registry=registry)
+        self.sent = Counter("pseudoserve_capture_sent", "Records sent to the trainer (resends included)",
+                            registry=registry)
+        self.acknowledged = Counter("pseudoserve_capture_acknowledged", "Records the trainer acknowledged as stored",
+                                    registry=registry)
+        self.dropped = Counter("pseudoserve_capture_dropped", "Records (or their inputs) dropped, by reason",
+                               ["reason"], registry=registry)
+        self.queue_depth = Gauge("pseudoserve_capture_queue_depth", "Records queued or awaiting acknowledgement",
+                                 registry=registry)
+        self.reconnects = Counter("pseudoserve_capture_reconnects", "Capture streams re-established after a failure",
+                                  registry=registry)
+        for reason in ("queue_full", "too_large", "shutdown"):
+            self.dropped.labels(reason=reason)
+
+
+def probability_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The output holding class probabilities: `probabilities`, else the first 2-D float output."""
+    array = outputs.get("probabilities")
+    if array is not None:
+        return array
+    for array in outputs.values():
+        if getattr(array, "ndim", 0) == 2 and array.dtype.kind == "f":
+            return array
+    return None
+
+
+def _row_count(outputs: Mapping[str, np.ndarray]) -> int:
+    probs = probability_output(outputs)
+    return int(probs.shape[0]) if probs is not None and probs.ndim == 2 else 1
+
+
+def as_distribution(probs: np.ndarray) -> np.ndarray:
+    """(rows, classes) float64 probabilities; softmax of the rows that are not distributions."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim == 1:
+        p = p[None, :]
+    if p.size == 0:
+        return p
+    ok = (np.abs(p.sum(axis=1) - 1.0) < 1e-3) & (p.min(axis=1) >= 0.0)
+    if not ok.all():
+        bad = p[~ok]
+        e = np.exp(bad - bad.max(axis=1, keepdims=True))
+        p = p.copy()
+        p[~ok] = e / e.sum(axis=1, keepdims=True)
+    return p
+
+
+def _split_bytes_elements(data: bytes, count: int) -> list[bytes]:
+    """Triton BYTES encoding: split `data` into `count` length-prefixed elements (kept encoded)."""
+    out, offset = [], 0
+    for _ in range(count):
+        (length,) = struct.unpack_from("<I", data, offset)
+        out.append(data[offset:offset + 4 + length])
+        offset += 4 + length
+    return out
+
+
+def _input_rows(inputs: Sequence[InputTuple], rows: int, batched: bool) -> list[list[collector_pb2.Tensor]]:
+    """Per-row tensors (shape [1, ...]) of every input."""
+    per_row: list[list[collector_pb2.Tensor]] = [[] for _ in range(rows)]
+    for name, datatype, shape, raw in inputs:
+        data = raw if isinstance(raw, bytes) else bytes(raw)
+        shape = list(shape)
+        if not batched:  # the model has no batch dimension: the request is one sample
+            per_row[0].append(collector_pb2.Tensor(name=name, datatype=datatype, shape=[1, *shape], data=data))
+            continue
+        if not shape or shape[0] != rows:  # not split along the batch: every row gets all of it
+            for tensors in per_row:
+                tensors.append(collector_pb2.Tensor(name=name, datatype=datatype, shape=shape, data=data))
+            continue
+        row_shape = [1, *shape[1:]]
+        if rows == 1:
+            per_row[0].append(collector_pb2.Tensor(name=name, datatype=datatype, shape=row_shape, data=data))
+            continue
+        if datatype == "BYTES":
+            per_row_count = math.prod(shape[1:])
+            elements = _split_bytes_elements(data, rows * per_row_count)
+            chunks = [b"".join(elements[i * per_row_count:(i + 1) * per_row_count]) for i in range(rows)]
+        else:
+            size = len(data) // rows
+            chunks = [data[i * size:(i + 1) * size] for i in range(rows)]
+        for tensors, chunk in zip(per_row, chunks):
+            tensors.append(collector_pb2.Tensor(name=name, datatype=datatype, shape=row_shape, data=chunk))
+    return per_row
+
+
+def build_records(item: _Queued, max_record_bytes: int) -> tuple[list[collector_pb2.CaptureRecord], int]:
+    """CaptureRecords of one offered request; returns (records, how many were truncated)."""
+    timestamp_ns, request_id, model_name, model_version, inputs, outputs, rows = item
+    raw_probs = probability_output(outputs)
+    batched = raw_probs is None or raw_probs.ndim == 2
+    probs = as_distribution(raw_probs) if raw_probs is not None else None
+    tensors = _input_rows(inputs, rows, batched)
+    records, truncated = [], 0
+    for i in range(rows):
+        record = collector_pb2.CaptureRecord(
+            request_id=request_id if rows == 1 else f"{request_id}#{i}", model_name=model_name,
+            model_version=model_version, timestamp_ns=timestamp_ns)
+        if probs is not None and probs.shape[1] > 0:
+            row = probs[i].tolist()
+            top = sorted(row, reverse=True)
+            record.probabilities.extend(row)
+            record.predicted_class = row.index(top[0])
+            record.confidence = top[0]
+            record.margin = top[0] - top[1] if len(top) > 1 else top[0]
+        else:
+            record.predicted_class = -1
+        size = sum(len(t.data) for t in tensors[i])
+        if size + 4 * len(record.probabilities) > max_record_bytes:
+            record.truncated = True
+            truncated += 1
+        else:
+            record.inputs.extend(tensors[i])
+        records.append(record)
+    return records, truncated
+
+
+class _StreamBroken(Exception):
+    """The capture stream ended or the trainer reported an error: reconnect and resend."""
+
+
+class Capture:
+    """Bounded capture queue plus the background sender (see the module docstring)."""
+
+    def __init__(self, address: str, *, registry: CollectorRegistry, sampling: float = 1.0,
+                 models: Collection[str] = (), max_record_bytes: int = 1_048_576, queue_size: int = 10_000,
+                 batch_size: int = 256, token: str | None = None, tls_ca_file: Path | None = None,
+                 flush_interval: float = 0.05, backoff_initial: float = 0.05, backoff_max: float = 5.0,
+                 max_in_flight: int = 4, sender: str | None = None) -> None:
+        if not 0.0 < sampling <= 1.0:
+            raise ValueError(f"capture_sampling must be in (0, 1], got {sampling}")
+        self.address = address
+        self._sampling = sampling
+        self._models = frozenset(models) or None
+        self._max_record_bytes = max_record_bytes
+        self._capacity = max(1, queue_size)
+        self._batch_size = max(1, min(batch_size, self._capacity))
+        self._max_in_flight = max(1, min(max_in_flight, self._capacity // self._batch_size))
+        self._token = token
+        self._tls_ca_file = tls_ca_file
+        self._flush_interval = flush_interval
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self.sender = sender or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.metrics = CaptureMetrics(registry)
+        self._captured_by_model: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._pending: deque[_Queued] = deque()
+        self._pending_records = 0
+        self._unacked: OrderedDict[int, collector_pb2.CaptureBatch] = OrderedDict()
+        self._unacked_records = 0
+        self._next_batch_id = 1
+        self._closed = False
+        self._stopping = False
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._random = random.random
+        self._warned = False
+
+    @classmethod
+    def from_settings(cls, settings: Any, registry: CollectorRegistry) -> "Capture | None":
+        """A Capture for `service.settings.ServerSettings`, or None when capture is off."""
+        if settings.trainer_address is None or settings.capture_sampling <= 0:
+            return None
+        token = settings.trainer_token.get_secret_value() if settings.trainer_token is not None else None
+        return cls(settings.trainer_address, registry=registry, sampling=settings.capture_sampling,
+                   models=settings.capture_models, max_record_bytes=settings.capture_max_record_bytes,
+                   queue_size=settings.capture_queue_size, batch_size=settings.capture_batch_size,
+                   token=token, tls_ca_file=settings.trainer_tls_ca_file)
+
+    # -- the hot path ----------------------------------------------------------------------------
+
+    def offer(self, request_id: str, model_name: str, model_version: str, inputs: Sequence[InputTuple],
+              outputs: Mapping[str, np.ndarray]) -> None:
+        """Queue one served request for capture. O(1); never blocks, never raises."""
+        try:
+            if self._closed or (self._models is not None and model_name not in self._models):
+                return
+            if self._sampling < 1.0 and self._random() >= self._sampling:
+                return
+            rows = _row_count(outputs)
+            dropped = 0
+            with self._lock:
+                self._pending.append((time.time_ns(), request_id, model_name, model_version, inputs, outputs, rows))
+                self._pending_records += rows
+                while self._pending and self._pending_records + self._unacked_records > self._capacity:
+                    oldest = self._pending.popleft()
+                    self._pending_records -= oldest[6]
+                    dropped += oldest[6]
+                depth = self._pending_records + self._unacked_records
+            self.metrics.queue_depth.set(depth)
+            counter = self._captured_by_model.get(model_name)
+            if counter is None:
+                counter = self._captured_by_model[model_name] = self.metrics.captured.labels(model=model_name)
+            counter.inc(rows)
+            if dropped:
+                self.metrics.dropped.labels(reason="queue_full").inc(dropped)
+        except Exception:  # noqa: BLE001 - capture must never fail a request
+            if not self._warned:
+                self._warned = True
+                log.exception("capture: offer failed (logged once)")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background sender (the trainer need not be up)."""
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="capture-sender")
+
+    async def stop(self, timeout: float) -> None:
+        """Stop accepting records, try for up to `timeout` seconds to deliver what is queued, then
+        give up (the rest is counted as dropped, reason shutdown) and close the channel."""
+        self._closed = True
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        with self._lock:
+            lost = self._pending_records + self._unacked_records
+            self._pending.clear()
+            self._unacked.clear()
+            self._pending_records = self._unacked_records = 0
+        if lost:
+            self.metrics.dropped.labels(reason="shutdown").inc(lost)
+            log.warning("capture: %d records not acknowledged by the trainer at shutdown", lost)
+        self.metrics.queue_depth.set(0)
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def depth(self) -> int:
+        """Records queued plus records awaiting acknowledgement."""
+        with self._lock:
+            return self._pending_records + self._unacked_records
+
+    # -- background sender -----------------------------------------------------------------------
+
+    def _drained(self) -> bool:
+        with self._lock:
+            return not self._pending and not self._unacked
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                acked = await self._session()
+                if acked:
+                    attempt = 0
+                if self._stopping and self._drained():
+                    return
+            except asyncio.CancelledError:
+                raise
+            except (grpc.aio.AioRpcError, _StreamBroken, grpc.aio.UsageError) as e:
+                detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+                log.log(logging.INFO if attempt == 0 else logging.DEBUG,
+                        "capture: stream to %s broken (%s); reconnecting", self.address, detail)
+            except Exception:  # noqa: BLE001 - keep capturing whatever happens
+                log.exception("capture: unexpected error in the sender; reconnecting")
+            self.metrics.reconnects.inc()
+            delay = random.uniform(0.0, min(self._backoff_max, self._backoff_initial * 2 ** min(attempt, 30)))
+            attempt += 1
+            await self._sleep(delay)
+            if self._stopping and self._drained():
+                return
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early when stop() is called."""
+        assert self._wake is not None
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    def _stub(self) -> collector_pb2_grpc.CollectorStub:
+        if self._channel is None:
+            options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+            if self._tls_ca_file is not None:
+                from service.security import channel_credentials
+
+                self._channel = grpc.aio.secure_channel(self.address, channel_credentials(self._tls_ca_file), options)
+            else:
+                self._channel = grpc.aio.insecure_channel(self.address, options)
+        return collector_pb2_grpc.CollectorStub(self._channel)
+
+    async def _session(self) -> bool:
+        """One stream: resend unacknowledged batches, then send new ones until stopped and
+        drained. Returns whether anything was acknowledged; raises when the stream breaks."""
+        metadata = None
+        if self._token is not None:
+            from service.security import auth_metadata
+
+            metadata = auth_metadata(self._token)
+        call = self._stub().Stream(metadata=metadata)
+        state = {"acked": False}
+        acked = asyncio.Event()  # set by the reader on every acknowledgement: the window moved
+        reader = asyncio.create_task(self._read_acks(call, state, acked))
+        try:
+            with self._lock:
+                resend = list(self._unacked.values())
+            for batch in resend:
+                await call.write(batch)
+                self.metrics.sent.inc(len(batch.records))
+            while True:
+                if reader.done():
+                    reader.result()  # raises the stream's error
+                    raise _StreamBroken("the trainer closed the capture stream")
+                batch = self._take_batch()
+                if batch is not None:
+                    await call.write(batch)
+                    self.metrics.sent.inc(len(batch.records))
+                    continue
+                self.metrics.queue_depth.set(self.depth())
+                if self._stopping and self._drained():
+                    await call.done_writing()
+                    await asyncio.wait_for(reader, 5.0)
+                    return state["acked"]
+                waiter = asyncio.ensure_future(acked.wait())
+                await asyncio.wait([reader, waiter], timeout=self._flush_interval,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                acked.clear()
+        finally:
+            reader.cancel()
+            call.cancel()
+
+    async def _read_acks(self, call: Any, state: dict[str, bool], acked: asyncio.Event) -> None:
+        while True:
+            ack = await call.read()
+            if ack is grpc.aio.EOF:
+                return
+            if ack.error:
+                raise _StreamBroken(f"trainer did not store batch {ack.batch_id}: {ack.error}")
+            with self._lock:
+                batch = self._unacked.pop(ack.batch_id, None)
+                if batch is not None:
+                    self._unacked_records -= len(batch.records)
+            if batch is not None:
+                self.metrics.acknowledged.inc(len(batch.records))
+                state["acked"] = True
+                acked.set()
+
+    def _take_batch(self) -> collector_pb2.CaptureBatch | None:
+        """Next batch to send, or None: the window is full, or too few records are queued and the
+        oldest is younger than the flush interval (unless stopping)."""
+        with self._lock:
+            if not self._pending or len(self._unacked) >= self._max_in_flight:
+                return None
+            young = (time.time_ns() - self._pending[0][0]) < self._flush_interval * 1e9
+            if self._pending_records < self._batch_size and young and not self._stopping:
+                return None
+            items, count = [], 0
+            while self._pending and count < self._batch_size:
+                item = self._pending.popleft()
+                items.append(item)
+                count += item[6]
+            self._pending_records -= count
+            batch_id = self._next_batch_id
+            self._next_batch_id += 1
+        records: list[collector_pb2.CaptureRecord] = []
+        truncated = 0
+        for item in items:
+            try:
+                built, cut = build_records(item, self._max_record_bytes)
+            except Exception:  # noqa: BLE001 - a malformed output must not stop capture
+                log.exception("capture: cannot build records for request %s", item[1])
+                continue
+            records.extend(built)
+            truncated += cut
+        if truncated:
+            self.metrics.dropped.labels(reason="too_large").inc(truncated)
+        batch = collector_pb2.CaptureBatch(batch_id=batch_id, sender=self.sender, records=records)
+        with self._lock:
+            self._unacked[batch_id] = batch
+            self._unacked_records += len(records)
+        return batch

@@ -1,0 +1,58 @@
+"""Fixtures for in-process service tests: a Triton-layout repository with the MLP, and a real
+`InferenceServer` on port 0 with a grpc.aio stub of our own `inference` protos."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from protos import inference_pb2_grpc  # noqa: E402
+from service.server import InferenceServer  # noqa: E402
+from service.settings import ServerSettings  # noqa: E402
+from tests.fixtures.onnx_models import write_version  # noqa: E402
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    write_version(root, "mlp", 1)
+    return root
+
+
+def make_settings(repo: Path, **overrides) -> ServerSettings:
+    values = dict(model_repository=repo, grpc_port=0, metrics_port=0, compute_threads=1)
+    values.update(overrides)
+    return ServerSettings(**values)
+
+
+@pytest.fixture
+async def start_server():
+    """Factory: `await start_server(settings)` -> (server, stub); stops everything afterwards."""
+    started: list[tuple[InferenceServer, grpc.aio.Channel]] = []
+
+    async def start(settings: ServerSettings):
+        server = InferenceServer(settings, CollectorRegistry())
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        started.append((server, channel))
+        return server, inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    yield start
+    for server, channel in started:
+        await channel.close()
+        await server.stop()
+
+
+@pytest.fixture
+async def served(repo: Path, start_server):
+    """(server, stub) serving `repo` (model `mlp` version 1)."""
+    return await start_server(make_settings(repo))
