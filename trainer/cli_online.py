@@ -1,0 +1,142 @@
+"""`pseudoserve trainer` (run the sidecar) and `pseudoserve status` (print a trainer's Status as
+JSON), called by the dispatcher in pseudoserve/cli.py.
+
+Adding arguments is cheap (no heavy imports); settings come from `PSEUDOSERVE_TRAINER_*`
+environment variables with the flags given on the command line taking precedence. Secrets are read
+from files (`--auth-token-file`, `--service-token-file`) or the environment, never from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `pseudoserve trainer`; unset flags fall back to the environment, then defaults."""
+    add = parser.add_argument
+    add("--store", type=Path, help="SQLite sample store file (created when missing)")
+    add("--model-repository", type=Path, help="Triton-layout model repository shared with the service")
+    add("--service-address", help="HOST:PORT of the inference service")
+    add("--model-name", help="model the trainer improves (default: classifier)")
+    add("--host", help="interface to bind (default 127.0.0.1)")
+    add("--grpc-port", type=int, help="gRPC port of the Collector and Trainer services (default 8004, 0 = any)")
+    add("--metrics-port", type=int, help="HTTP port of /metrics and /reports/ (default 8003, 0 = any)")
+    add("--http-port", type=int, help="separate HTTP port for /reports/ (default: the metrics port)")
+    add("--ready-file", type=Path, help="write {pid, grpc_port, metrics_port} here once ready")
+    add("--labeled", "--labeled-file", dest="labeled_file", type=Path, help="labeled seed set file")
+    add("--holdout", "--holdout-file", dest="holdout_file", type=Path, help="labeled holdout set file")
+    add("--label-column", help="label column of the labeled/holdout files")
+    add("--engine-config", dest="engine_config_file", type=Path, help="YAML configuration of the engine")
+    add("--reports-dir", type=Path, help="folder of the round reports")
+    add("--round-interval-seconds", type=float, help="run a round every N seconds (0 = off)")
+    add("--round-min-new-samples", type=int, help="run a round after N new samples (0 = off)")
+    add("--max-samples", type=int, help="retention: most unlabeled samples kept")
+    add("--max-bytes", type=int, help="retention: most unlabeled payload bytes kept")
+    add("--max-age-seconds", type=float, help="retention: evict unlabeled samples older than this")
+    add("--no-self-training", dest="self_training", action="store_const", const=False,
+        help="collector-only: store traffic and labels, never run rounds")
+    add("--auth-token-file", type=Path, help="file with the bearer token required on state-changing RPCs")
+    add("--service-token-file", type=Path, help="file with the bearer token presented to the service")
+    add("--tls-cert-file", type=Path, help="PEM certificate chain for TLS")
+    add("--tls-key-file", type=Path, help="PEM private key for TLS")
+    add("--service-tls-ca-file", type=Path, help="CA bundle to verify the service's TLS certificate")
+    add("--log-level", default="INFO", help="logging level (default INFO)")
+
+
+_SETTING_FLAGS = ("store", "model_repository", "service_address", "model_name", "host", "grpc_port", "metrics_port",
+                  "http_port", "labeled_file", "holdout_file", "label_column", "engine_config_file", "reports_dir",
+                  "round_interval_seconds", "round_min_new_samples", "max_samples", "max_bytes", "max_age_seconds",
+                  "self_training", "tls_cert_file", "tls_key_file", "service_tls_ca_file")
+
+
+def _read_secret(path: Path, flag: str) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as e:
+        raise SystemExit(f"pseudoserve trainer: error: {flag} {path}: {e.strerror or e}") from e
+    if not token:
+        raise SystemExit(f"pseudoserve trainer: error: {flag} {path} is empty")
+    return token
+
+
+def build_settings(args: argparse.Namespace):  # -> TrainerSettings
+    """TrainerSettings from the environment overridden by the flags that were given."""
+    from pydantic import ValidationError
+
+    from trainer.settings import TrainerSettings
+
+    overrides = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name, None) is not None}
+    if args.auth_token_file is not None:
+        overrides["auth_token"] = _read_secret(args.auth_token_file, "--auth-token-file")
+    if args.service_token_file is not None:
+        overrides["service_token"] = _read_secret(args.service_token_file, "--service-token-file")
+    try:
+        return TrainerSettings(**overrides)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+                             for err in e.errors())
+        raise SystemExit(f"pseudoserve trainer: error: {problems}") from None
+
+
+def run_trainer(args: argparse.Namespace) -> int:
+    """Run the trainer sidecar until SIGTERM/SIGINT."""
+    import asyncio
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = build_settings(args)
+    from trainer.server import TrainerStartupError, serve
+    from trainer.store import StoreError
+
+    try:
+        return asyncio.run(serve(settings, args.ready_file))
+    except (StoreError, TrainerStartupError) as e:
+        print(f"pseudoserve trainer: error: {e}", file=sys.stderr)
+        return 2
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `pseudoserve status`."""
+    parser.add_argument("--address", required=True, help="HOST:PORT of the trainer's gRPC port")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
+    parser.add_argument("--tls-ca-file", type=Path, help="CA bundle to verify the trainer's TLS certificate")
+
+
+def status_dict(response) -> dict:  # response: trainer_pb2.StatusResponse
+    """The Status response as plain JSON types (numbers stay numbers)."""
+    from google.protobuf.json_format import MessageToDict
+
+    out = {"unlabeled": response.unlabeled, "labeled": response.labeled, "holdout": response.holdout,
+           "feedback": response.feedback, "rounds": response.rounds, "active_version": response.active_version,
+           "pseudo_labeled": response.pseudo_labeled, "stored_bytes": response.stored_bytes,
+           "model_name": response.model_name, "round_in_progress": response.round_in_progress,
+           "last_promotion": None}
+    if response.HasField("last_promotion"):
+        out["last_promotion"] = MessageToDict(response.last_promotion, preserving_proto_field_name=True)
+    return out
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print the trainer's Status as JSON; exit 1 when it cannot be reached."""
+    import grpc
+
+    from protos import trainer_pb2, trainer_pb2_grpc
+
+    if args.tls_ca_file is not None:
+        from service.security import channel_credentials
+
+        channel = grpc.secure_channel(args.address, channel_credentials(args.tls_ca_file))
+    else:
+        channel = grpc.insecure_channel(args.address)
+    try:
+        response = trainer_pb2_grpc.TrainerStub(channel).Status(trainer_pb2.StatusRequest(), timeout=args.timeout)
+    except grpc.RpcError as e:
+        print(f"pseudoserve status: error: {args.address}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    print(json.dumps(status_dict(response), indent=2))
+    return 0
