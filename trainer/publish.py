@@ -180,3 +180,17 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, dict):
         raise PublishError(f"{path}: not a pseudoserve checkpoint")
     return checkpoint
+
+
+def make_checkpoint(*, classifier, preprocessor, class_names, feature_names, settings=None, **extra) -> dict:
+    """The model.pt contents: classifier state (arch + weights), preprocessor state, names, the
+    engine settings and any extra plain values (round, seed, ...)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "classifier": classifier.state(),
+        "preprocessor": preprocessor.state(),
+        "class_names": [str(c) for c in class_names],
+        "feature_names": [str(f) for f in feature_names],
+        "settings": settings.model_dump(mode="json") if settings is not None else None,
+        **extra,
+    }

@@ -266,7 +266,7 @@ def _read_parquet(path: Path) -> tuple[list[str], dict[str, np.ndarray], Where]:
             chunk, t = chunk.cast(t.value_type), t.value_type
         if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t):
             data[name] = chunk.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
             data[name] = np.array(chunk.to_pylist(), dtype=object)
         else:
             raise DataError(f"{where(-1, j)}: unsupported column type {t}")
