@@ -31,7 +31,7 @@ def hadolint() -> str:
 
 
 def run_hadolint(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([hadolint(), "--no-color", str(path)], capture_output=True, text=True, timeout=60)
+    return subprocess.run([hadolint(), "--no-color", str(path)], check=False, capture_output=True, text=True, timeout=60)
 
 
 def instructions(text: str) -> list[tuple[str, str]]:

@@ -57,7 +57,7 @@ def kubernetes_validate(path: Path, version: str) -> subprocess.CompletedProcess
     exe = Path(sys.executable).parent / "kubernetes-validate"
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "kubernetes_validate"]
     return subprocess.run([*command, "--strict", "--quiet", "-k", version, str(path)],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
 
 
 def _pod_specs(layout: Rendered) -> dict[str, dict]:
@@ -239,6 +239,14 @@ def test_grace_period_covers_the_drain(layout: Rendered) -> None:
 
 
 # ---------------------------------------------------------------- the two layouts
+
+
+def test_readiness_waits_for_the_trained_model(layout: Rendered) -> None:
+    model = layout.config_map("pseudoserve-trainer-config")["data"]["PSEUDOSERVE_TRAINER_MODEL_NAME"]
+    pod = _pod_specs(layout)["pseudoserve"]
+    service = next(c for c in pod["containers"] if c["name"] == "service")
+    assert service["readinessProbe"]["grpc"].get("service") == model
+    assert not service["livenessProbe"]["grpc"].get("service") and not service["startupProbe"]["grpc"].get("service")
 
 
 def test_sidecar_layout(rendered: dict[str, Rendered]) -> None:
