@@ -139,11 +139,7 @@ def processes():
         proc.stop()
 
 
-class TrainerProcess(ServerProcess):
-    pass
-
-
-def start_trainer(args: list[str], workdir: Path, timeout: float = 120.0) -> TrainerProcess:
+def start_trainer(args: list[str], workdir: Path, timeout: float = 120.0) -> ServerProcess:
     """`pseudoserve trainer` with the given ports (start_pseudoserve would force --grpc-port 0, and
     the service must know this port before the trainer starts)."""
     ready = workdir / "trainer.ready.json"
@@ -161,7 +157,7 @@ def start_trainer(args: list[str], workdir: Path, timeout: float = 120.0) -> Tra
     if proc.poll() is not None:
         raise RuntimeError(f"the trainer exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
     info = json.loads(ready.read_text())
-    return TrainerProcess(proc, int(info["grpc_port"]), int(info["metrics_port"]), log_path, info)
+    return ServerProcess(proc, int(info["grpc_port"]), int(info["metrics_port"]), log_path, info)
 
 
 def play(url: str, X: np.ndarray, batch: int = 1) -> int:
