@@ -54,8 +54,12 @@ class DynamicBatcher:
         self._max_rows = max_batch_size
         self._delay = max_queue_delay_s
         self._executor = executor
-        self._inline_max = inline_max_s
-        self._estimate = estimate_s
+        # calls of up to this many rows run inline (0: never); decided once from the estimate
+        self._inline_rows = 0
+        if inline_max_s > 0 and estimate_s is not None:
+            limit = max(max_batch_size, 1)
+            while self._inline_rows < limit and estimate_s(self._inline_rows + 1) <= inline_max_s:
+                self._inline_rows += 1
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -163,8 +167,7 @@ class DynamicBatcher:
             self._schedule()
 
     async def _call(self, index: int, feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
-        estimate = self._estimate
-        if self._inline_max > 0 and estimate is not None and estimate(rows) <= self._inline_max:
+        if rows <= self._inline_rows:
             start = time.perf_counter()
             outputs = self._run_fn(index, feeds)
             compute = time.perf_counter() - start

@@ -189,7 +189,7 @@ class Capture:
                  models: Collection[str] = (), max_record_bytes: int = 1_048_576, queue_size: int = 10_000,
                  batch_size: int = 256, token: str | None = None, tls_ca_file: Path | None = None,
                  flush_interval: float = 0.05, backoff_initial: float = 0.05, backoff_max: float = 5.0,
-                 max_in_flight: int = 4, sender: str | None = None) -> None:
+                 max_in_flight: int = 4, sender: str | None = None, rng: random.Random | None = None) -> None:
         if not 0.0 < sampling <= 1.0:
             raise ValueError(f"capture_sampling must be in (0, 1], got {sampling}")
         self.address = address
@@ -218,7 +218,7 @@ class Capture:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
-        self._random = random.random
+        self._random = (rng or random.Random()).random
         self._warned = False
 
     @classmethod

@@ -97,11 +97,10 @@ class DataPlane:
             mv = self.manager.get(name, request.model_version)
         except ServingError as exc:
             known = name in self.manager.model_names()
-            self._metrics.count_failure(name if known else "", "", exc.outcome)
+            self._metrics.count_failure(name if known else "", exc.outcome)
             raise
         metrics = mv.metrics
-        mv.acquire()
-        metrics.inflight.inc()
+        mv.inflight += 1
         try:
             feeds, rows = mv.validate(request.inputs)
             positions = mv.output_positions(request.outputs) if request.outputs else None
@@ -114,7 +113,6 @@ class DataPlane:
             raise
         finally:
             mv.release()
-            metrics.inflight.dec()
         specs = mv.outputs
         if positions is None:
             outputs = [InferOutput(s.name, s.datatype, a) for s, a in zip(specs, computed)]

@@ -173,7 +173,9 @@ class ModelManager:
         model.versions = table
         model.latest = table[max(table)] if table else None
         model.state = "READY" if table else "UNAVAILABLE"
-        self._metrics.loaded_versions.labels(model.name).set(len(table))
+        self._metrics.set_loaded(model.name, len(table))
+        for mv in table.values():
+            self._metrics.version_loaded(mv.metrics)
         if table:
             log.info("model %r now serves version(s) %s", model.name, ", ".join(map(str, sorted(table))))
 

@@ -34,7 +34,8 @@ class ModelVersion:
 
     def __init__(self, *, name: str, version: int, config: mc.ModelConfig, options: ModelOptions,
                  sessions: list, provider: str, warmup: runtime.WarmupResult, class_names: list[str],
-                 metrics: VersionMetrics, executor: Executor, inline_max_s: float, signature: object) -> None:
+                 metrics: VersionMetrics, service_metrics: ServiceMetrics, executor: Executor,
+                 inline_max_s: float, signature: object) -> None:
         self.name = name
         self.version = version
         self.version_str = str(version)
@@ -43,6 +44,8 @@ class ModelVersion:
         self.provider = provider
         self.signature = signature
         self.metrics = metrics
+        self._service_metrics = service_metrics
+        metrics.inflight = lambda: self.inflight
         self.class_names = class_names
         self.warmup = warmup
         self._sessions = sessions
@@ -140,7 +143,7 @@ class ModelVersion:
     def close(self) -> None:
         """Release the sessions (the version must be drained)."""
         self._sessions = []
-        self.metrics.service.remove_version(self.metrics)
+        self._service_metrics.version_released(self.metrics)
 
     # --- internals ----------------------------------------------------------------------------
     def _run(self, index: int, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -151,13 +154,8 @@ class ModelVersion:
         if self.prob_index is None:
             return
         probs = outputs[self.prob_index]
-        if probs.ndim != 2 or probs.shape[1] == 0:
-            return
-        sums = probs.sum(axis=1)
-        if not np.allclose(sums, 1.0, atol=1e-3):
-            shifted = np.exp(probs - probs.max(axis=1, keepdims=True))
-            probs = shifted / shifted.sum(axis=1, keepdims=True)
-        self.metrics.predictions(probs.max(axis=1), probs.argmax(axis=1))
+        if probs.ndim == 2 and probs.shape[1] > 0:
+            self.metrics.predictions(probs)
 
 
 def _ort_datatype(ort_type: str) -> str:
@@ -219,5 +217,6 @@ def load_version(*, name: str, version: int, path: Path, config: mc.ModelConfig 
              where, provider, len(sessions), options.max_batch_size, warm.single_s * 1e6)
     return ModelVersion(name=name, version=version, config=completed, options=options, sessions=sessions,
                         provider=provider, warmup=warm, class_names=names, metrics=version_metrics,
+                        service_metrics=metrics,
                         executor=executor, inline_max_s=settings.inline_compute_max_us / 1e6,
                         signature=signature)

@@ -1,0 +1,260 @@
+"""Serving benchmark: pseudoserve against the physical floor (a bare grpc.aio echo server).
+
+    .venv/bin/python bench/serving.py [--duration 4] [--skip-perf-analyzer] [--out bench/results/serving.json]
+
+In one run it measures, on the benchmark model of ANCHORS.md (MLP 64->256->256->10, softmax,
+batch-1 requests of 256 bytes):
+1. the echo floor (bench/echo_server.py), driven by a small Python grpc.aio load generator at
+   concurrency 1, 4 and 8, unary and streaming;
+2. pseudoserve driven by the SAME Python load generator (the same pre-serialised 256-byte
+   request; like-for-like ratios to the floor);
+3. pseudoserve driven by perf_analyzer (../shared/tools/perf_analyzer) at concurrency 1, 4 and 8,
+   unary and --streaming.
+It prints a table with ratios to the floor and the issue's targets: p50 at concurrency 1 within
+1.2x the echo round trip, throughput at concurrency 8 at least 0.9x the echo's, streaming at least
+1.5x unary. Servers run as subprocesses; the client shares the machine's cores with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+
+PERF_ANALYZER = ROOT.parent / "shared" / "tools" / "perf_analyzer"
+CONCURRENCY = (1, 4, 8)
+MODEL = "mlp"
+CONFIG = """name: "mlp"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+dynamic_batching { max_queue_delay_microseconds: 0 }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+
+# --- processes ------------------------------------------------------------------------------------
+def _start(cmd: list[str], ready: Path, log: Path, timeout: float = 120.0) -> tuple[subprocess.Popen, dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{cmd[0]} did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return proc, json.loads(ready.read_text())
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- Python load generator ------------------------------------------------------------------------
+async def _drive(target: str, method: str, payload: bytes, concurrency: int, duration: float,
+                 warmup: float, streaming: bool) -> dict:
+    """Closed-loop load: `concurrency` callers each send the next request when the last returns."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        latencies: list[float] = []
+        total = [0]
+        loop = asyncio.get_running_loop()
+        start_measure = loop.time() + warmup
+        end = start_measure + duration
+
+        async def unary_worker() -> None:
+            call = channel.unary_unary(method)
+            while True:
+                t0 = time.perf_counter()
+                await call(payload)
+                t1 = time.perf_counter()
+                total[0] += 1
+                now = loop.time()
+                if now >= end:
+                    return
+                if now >= start_measure:
+                    latencies.append(t1 - t0)
+
+        async def stream_worker() -> None:
+            call = channel.stream_stream(method)()
+            try:
+                while True:
+                    t0 = time.perf_counter()
+                    await call.write(payload)
+                    await call.read()
+                    t1 = time.perf_counter()
+                    total[0] += 1
+                    now = loop.time()
+                    if now >= end:
+                        break
+                    if now >= start_measure:
+                        latencies.append(t1 - t0)
+            finally:
+                await call.done_writing()
+
+        await asyncio.gather(*[(stream_worker if streaming else unary_worker)() for _ in range(concurrency)])
+    lat = np.array(latencies) * 1e6
+    return {"throughput": len(lat) / duration, "p50_us": float(np.percentile(lat, 50)),
+            "p99_us": float(np.percentile(lat, 99)), "count": int(len(lat)), "total": total[0]}
+
+
+def drive(target: str, method: str, payload: bytes, concurrency: int, duration: float, streaming: bool = False,
+          server_pid: int | None = None) -> dict:
+    """One closed-loop point; with `server_pid`, also the server's CPU time per request (µs), a
+    figure much less sensitive than latency to other work sharing the machine."""
+    before = _cpu_seconds(server_pid) if server_pid else None
+    result = asyncio.run(_drive(target, method, payload, concurrency, duration, min(1.0, duration / 3), streaming))
+    if before is not None:
+        result["server_cpu_us"] = (_cpu_seconds(server_pid) - before) / max(result["total"], 1) * 1e6
+    return result
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def infer_payload() -> bytes:
+    """A serialised ModelInferRequest of one 64-float row (what tritonclient sends)."""
+    from protos import inference_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(np.random.default_rng(0).random((1, 64), dtype=np.float32).tobytes())
+    return request.SerializeToString()
+
+
+# --- perf_analyzer --------------------------------------------------------------------------------
+def perf_analyzer(url: str, concurrency: int, streaming: bool, workdir: Path, window_ms: int) -> dict | None:
+    out = workdir / f"pa-{concurrency}-{int(streaming)}.csv"
+    cmd = [str(PERF_ANALYZER), "-i", "grpc", "-u", url, "-m", MODEL, "--concurrency-range", str(concurrency),
+           "--shape", "input:64", "-p", str(window_ms), "-s", "100", "--max-trials", "3", "-f", str(out)]
+    if streaming:
+        cmd.append("--streaming")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 or not out.exists():
+        print(f"perf_analyzer failed ({' '.join(cmd[1:])}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}",
+              file=sys.stderr)
+        return None
+    with open(out) as fh:
+        row = next(csv.DictReader(fh))
+    return {"throughput": float(row["Inferences/Second"]), "p50_us": float(row["p50 latency"]),
+            "p99_us": float(row["p99 latency"])}
+
+
+# --- main -----------------------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per Python-client point")
+    parser.add_argument("--window-ms", type=int, default=2000, help="perf_analyzer measurement window")
+    parser.add_argument("--skip-perf-analyzer", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
+    args = parser.parse_args()
+
+    from tests.fixtures.onnx_models import write_version
+
+    results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                 "python": platform.python_version(), "grpcio": grpc.__version__},
+                     "echo": {}, "pseudoserve_pyclient": {}, "pseudoserve_perf_analyzer": {}}
+    payload = infer_payload()
+    echo_payload = bytes(len(payload))  # same size on the wire
+    with tempfile.TemporaryDirectory(prefix="pseudoserve-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        repo = tmp / "models"
+        write_version(repo, MODEL, 1, config=CONFIG)
+
+        echo, info = _start([sys.executable, str(ROOT / "bench" / "echo_server.py"), "--ready-file",
+                             str(tmp / "echo.json")], tmp / "echo.json", tmp / "echo.log")
+        try:
+            target = f"127.0.0.1:{info['grpc_port']}"
+            for mode in ("unary", "streaming"):
+                method = "/bench.Echo/Call" if mode == "unary" else "/bench.Echo/Stream"
+                for c in CONCURRENCY:
+                    results["echo"][f"{mode}/{c}"] = r = drive(target, method, echo_payload, c, args.duration,
+                                                               mode == "streaming", echo.pid)
+                    print(f"echo        {mode:9s} c={c}: {r['throughput']:7.0f}/s p50 {r['p50_us']:6.0f} µs "
+                          f"server CPU {r['server_cpu_us']:4.0f} µs/req", flush=True)
+        finally:
+            _stop(echo)
+
+        server, info = _start([str(ROOT / ".venv" / "bin" / "pseudoserve"), "serve", "--model-repository", str(repo),
+                               "--grpc-port", "0", "--metrics-port", "0", "--log-level", "WARNING",
+                               "--ready-file", str(tmp / "serve.json")], tmp / "serve.json", tmp / "serve.log")
+        try:
+            target = f"127.0.0.1:{info['grpc_port']}"
+            for mode in ("unary", "streaming"):
+                method = ("/inference.GRPCInferenceService/ModelInfer" if mode == "unary"
+                          else "/inference.GRPCInferenceService/ModelStreamInfer")
+                for c in CONCURRENCY:
+                    results["pseudoserve_pyclient"][f"{mode}/{c}"] = r = drive(target, method, payload, c,
+                                                                               args.duration, mode == "streaming",
+                                                                               server.pid)
+                    print(f"pseudoserve {mode:9s} c={c}: {r['throughput']:7.0f}/s p50 {r['p50_us']:6.0f} µs "
+                          f"server CPU {r['server_cpu_us']:4.0f} µs/req", flush=True)
+            if not args.skip_perf_analyzer:
+                for mode in ("unary", "streaming"):
+                    for c in CONCURRENCY:
+                        r = perf_analyzer(target, c, mode == "streaming", tmp, args.window_ms)
+                        results["pseudoserve_perf_analyzer"][f"{mode}/{c}"] = r
+                        if r:
+                            print(f"perf_analyzer {mode:9s} c={c}: {r['throughput']:7.0f}/s p50 {r['p50_us']:6.0f} µs",
+                                  flush=True)
+        finally:
+            _stop(server)
+
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten {args.out}")
+    return 0
+
+
+def print_table(results: dict) -> None:
+    echo = results["echo"]
+    print("\n| client | mode | conc | infer/s | p50 µs | p99 µs | thr / echo | p50 / echo | server CPU µs/req |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, key in (("echo (python)", "echo"), ("pseudoserve (python)", "pseudoserve_pyclient"),
+                       ("pseudoserve (perf_analyzer)", "pseudoserve_perf_analyzer")):
+        for point, r in results[key].items():
+            if not r:
+                continue
+            mode, c = point.split("/")
+            floor = echo.get(point) or echo.get(f"unary/{c}")
+            print(f"| {label} | {mode} | {c} | {r['throughput']:.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
+                  f"{r['throughput'] / floor['throughput']:.2f} | {r['p50_us'] / floor['p50_us']:.2f} | "
+                  f"{r.get('server_cpu_us', float('nan')):.0f} |")
+    print("\nTargets (floor = echo unary, Python client):")
+    for key, name in (("pseudoserve_pyclient", "python client"), ("pseudoserve_perf_analyzer", "perf_analyzer")):
+        r = results[key]
+        if not r.get("unary/1"):
+            continue
+        p50 = r["unary/1"]["p50_us"] / echo["unary/1"]["p50_us"]
+        thr = r["unary/8"]["throughput"] / echo["unary/8"]["throughput"] if r.get("unary/8") else float("nan")
+        stream = (r["streaming/8"]["throughput"] / r["unary/8"]["throughput"]
+                  if r.get("streaming/8") and r.get("unary/8") else float("nan"))
+        print(f"  {name:14s}: p50 c=1 {p50:.2f}x echo (target <= 1.2) | thr c=8 {thr:.2f}x echo (target >= 0.9) | "
+              f"streaming/unary c=8 {stream:.2f}x (target >= 1.5)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
