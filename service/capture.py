@@ -337,6 +337,7 @@ class Capture:
         assert self._wake is not None
         try:
             await asyncio.wait_for(self._wake.wait(), seconds)
+            self._wake.clear()  # woken once by stop(); later backoffs sleep in full
         except asyncio.TimeoutError:
             pass
 
@@ -391,6 +392,7 @@ class Capture:
         finally:
             reader.cancel()
             call.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def _read_acks(self, call: Any, state: dict[str, bool], acked: asyncio.Event) -> None:
         while True:

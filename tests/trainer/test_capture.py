@@ -1,0 +1,245 @@
+"""service.capture.Capture against a real collector: an in-process trainer on a real grpc.aio
+port, or a `pseudoserve trainer` subprocess that is SIGKILLed mid-stream and restarted.
+
+The record conversion (ids per row, probabilities, confidence, margin, truncation) is checked
+against the numbers offered; the faults are real: nothing listening, a killed process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.capture import Capture, as_distribution, build_records
+from tests.trainer.helpers import eventually, start_trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def _offer(capture: Capture, request_id: str, rng: np.random.Generator, rows: int = 1, model: str = "classifier",
+           version: str = "1", features: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    x = rng.normal(size=(rows, features)).astype(np.float32)
+    logits = rng.normal(size=(rows, 3))
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    capture.offer(request_id, model, version, [("input", "FP32", [rows, features], x.tobytes())],
+                  {"probabilities": probs, "other": np.zeros((rows, 1), np.float32)})
+    return x, probs
+
+
+def test_build_records_splits_rows_and_computes_confidence_and_margin() -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    logits = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 5.0]], dtype=np.float32)  # not distributions: softmaxed
+    item = (5, "r", "m", "3", [("input", "FP32", [2, 4], x.tobytes())], {"logits": logits}, 2)
+    records, truncated = build_records(item, max_record_bytes=1 << 20)
+    assert truncated == 0 and [r.request_id for r in records] == ["r#0", "r#1"]
+    p = as_distribution(logits)
+    for i, record in enumerate(records):
+        assert record.model_version == "3" and record.timestamp_ns == 5
+        assert list(record.inputs[0].shape) == [1, 4]
+        assert np.frombuffer(record.inputs[0].data, dtype=np.float32).tolist() == x[i].tolist()
+        np.testing.assert_allclose(record.probabilities, p[i], rtol=1e-6)
+        top = np.sort(p[i])[::-1]
+        assert record.predicted_class == int(np.argmax(p[i]))
+        assert record.confidence == pytest.approx(top[0], rel=1e-6)
+        assert record.margin == pytest.approx(top[0] - top[1], rel=1e-5)
+    records, truncated = build_records(item, max_record_bytes=20)
+    assert truncated == 2 and all(r.truncated and not r.inputs and r.probabilities for r in records)
+
+
+async def test_offered_requests_reach_the_store_with_ids_versions_and_confidences(tmp_path: Path) -> None:
+    trainer = await start_trainer(tmp_path)
+    registry = CollectorRegistry()
+    capture = Capture(f"127.0.0.1:{trainer.grpc_port}", registry=registry, batch_size=16, flush_interval=0.01)
+    await capture.start()
+    rng = np.random.default_rng(1)
+    try:
+        expected = {}
+        for i in range(40):
+            rows = 3 if i % 10 == 0 else 1
+            _, probs = _offer(capture, f"q{i}", rng, rows=rows, version=str(1 + i % 2))
+            for r in range(rows):
+                expected[f"q{i}" if rows == 1 else f"q{i}#{r}"] = (str(1 + i % 2), float(probs[r].max()))
+        await eventually(lambda: trainer.store.counts()["unlabeled"] == len(expected), what="all records stored")
+        await eventually(lambda: _value(registry, "pseudoserve_capture_acknowledged_total") == len(expected))
+    finally:
+        await capture.stop(5)
+        await trainer.stop(0.5)
+    con = sqlite3.connect(tmp_path / "store.db")
+    stored = {rid: (v, c) for rid, v, c in con.execute("SELECT request_id, model_version, confidence FROM samples")}
+    assert stored.keys() == expected.keys()
+    for rid, (version, confidence) in expected.items():
+        assert stored[rid][0] == version and stored[rid][1] == pytest.approx(confidence, rel=1e-6)
+    assert _value(registry, "pseudoserve_capture_records_total", model="classifier") == len(expected)
+    assert _value(registry, "pseudoserve_capture_sent_total") == len(expected)
+    assert _value(registry, "pseudoserve_capture_queue_depth") == 0
+
+
+async def test_sampling_and_model_filter(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    capture = Capture(f"127.0.0.1:{_free_port()}", registry=registry, sampling=0.25, models=["wanted"],
+                      rng=random.Random(7))
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        _offer(capture, f"a{i}", rng, model="wanted")
+        _offer(capture, f"b{i}", rng, model="ignored")
+    captured = _value(registry, "pseudoserve_capture_records_total", model="wanted")
+    assert 60 <= captured <= 140  # 25 % of 400, a fixed seed
+    assert _value(registry, "pseudoserve_capture_records_total", model="ignored") == 0
+    assert capture.depth() == captured
+
+
+async def test_queue_overflow_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    port = _free_port()  # nothing listens here: the trainer is down
+    capture = Capture(f"127.0.0.1:{port}", registry=registry, queue_size=10, batch_size=4, flush_interval=0.01,
+                      backoff_initial=0.01, backoff_max=0.05)
+    await capture.start()
+    rng = np.random.default_rng(0)
+    for i in range(25):
+        _offer(capture, f"r{i}", rng)
+        await asyncio.sleep(0.005)
+    assert capture.depth() == 10
+    assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 15
+    assert _value(registry, "pseudoserve_capture_queue_depth") == 10
+    # the trainer comes up: what was kept is delivered; the newest records survived the overflow
+    trainer = await start_trainer(tmp_path, grpc_port=port)
+    try:
+        await eventually(lambda: capture.depth() == 0, what="queue drained")
+        ids = {s.request_id for s in trainer.store.samples_by_id(trainer.store.unlabeled_arrays()[0].tolist())}
+        assert len(ids) == 10 and {f"r{i}" for i in range(21, 25)} <= ids
+        assert _value(registry, "pseudoserve_capture_reconnects_total") >= 1
+    finally:
+        await capture.stop(5)
+        await trainer.stop(0.5)
+
+
+async def test_trainer_down_at_start_then_up_delivers_everything(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    port = _free_port()
+    capture = Capture(f"127.0.0.1:{port}", registry=registry, batch_size=8, flush_interval=0.01,
+                      backoff_initial=0.01, backoff_max=0.1)
+    await capture.start()
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        _offer(capture, f"r{i}", rng)
+    await eventually(lambda: _value(registry, "pseudoserve_capture_reconnects_total") >= 2, what="reconnect attempts")
+    trainer = await start_trainer(tmp_path, grpc_port=port)
+    try:
+        await eventually(lambda: trainer.store.counts()["unlabeled"] == 30, what="30 records stored")
+        await eventually(lambda: capture.depth() == 0, what="all acknowledged")
+    finally:
+        await capture.stop(5)
+        await trainer.stop(0.5)
+    assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 0
+
+
+async def test_oversized_records_are_sent_without_inputs(tmp_path: Path) -> None:
+    trainer = await start_trainer(tmp_path)
+    registry = CollectorRegistry()
+    capture = Capture(f"127.0.0.1:{trainer.grpc_port}", registry=registry, max_record_bytes=100, flush_interval=0.01)
+    await capture.start()
+    rng = np.random.default_rng(0)
+    try:
+        _offer(capture, "small", rng, features=4)
+        _offer(capture, "big", rng, features=64)
+        await eventually(lambda: trainer.store.counts()["unlabeled"] == 2)
+    finally:
+        await capture.stop(5)
+        await trainer.stop(0.5)
+    con = sqlite3.connect(tmp_path / "store.db")
+    rows = dict(con.execute("SELECT request_id, truncated FROM samples"))
+    assert rows == {"small": 0, "big": 1}
+    assert _value(registry, "pseudoserve_capture_dropped_total", reason="too_large") == 1
+
+
+async def test_stop_with_the_trainer_down_gives_up_in_time_and_counts_the_loss() -> None:
+    registry = CollectorRegistry()
+    capture = Capture(f"127.0.0.1:{_free_port()}", registry=registry, backoff_initial=0.01)
+    await capture.start()
+    _offer(capture, "lost", np.random.default_rng(0))
+    await capture.stop(0.3)
+    assert _value(registry, "pseudoserve_capture_dropped_total", reason="shutdown") == 1
+    capture.offer("after", "m", "1", [], {})  # after stop: ignored, never raises
+    assert capture.depth() == 0
+
+
+def _start_trainer_process(store: Path, port: int, workdir: Path) -> subprocess.Popen:
+    ready = workdir / f"trainer-{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-m", "pseudoserve", "trainer", "--store", str(store), "--grpc-port", str(port),
+           "--metrics-port", "0", "--no-self-training", "--ready-file", str(ready), "--model-repository",
+           str(workdir / "repo"), "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(workdir / "trainer.log", "ab"),
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"trainer did not start: {(workdir / 'trainer.log').read_text()[-2000:]}")
+        time.sleep(0.05)
+    assert json.loads(ready.read_text())["grpc_port"] == port
+    return proc
+
+
+@pytest.mark.slow
+async def test_trainer_sigkilled_mid_stream_loses_no_acknowledged_record_and_stores_none_twice(tmp_path: Path) -> None:
+    store, port = tmp_path / "store.db", _free_port()
+    registry = CollectorRegistry()
+    capture = Capture(f"127.0.0.1:{port}", registry=registry, batch_size=20, flush_interval=0.005,
+                      backoff_initial=0.02, backoff_max=0.2, queue_size=100_000)
+    proc = _start_trainer_process(store, port, tmp_path)
+    await capture.start()
+    rng = np.random.default_rng(0)
+    offered = []
+    try:
+        async def produce(start: int, stop: int) -> None:
+            for i in range(start, stop):
+                _offer(capture, f"k{i}", rng)
+                offered.append(f"k{i}")
+                if i % 20 == 0:
+                    await asyncio.sleep(0.002)
+
+        await produce(0, 600)
+        await eventually(lambda: _value(registry, "pseudoserve_capture_acknowledged_total") >= 200)
+        producing = asyncio.create_task(produce(600, 1200))  # traffic keeps coming while we kill
+        await asyncio.sleep(0.01)
+        acked_before = _value(registry, "pseudoserve_capture_acknowledged_total")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        con = sqlite3.connect(store)
+        assert con.execute("SELECT COUNT(*) FROM samples").fetchone()[0] >= acked_before
+        con.close()
+        await producing
+        proc = _start_trainer_process(store, port, tmp_path)
+        await eventually(lambda: capture.depth() == 0, timeout=60, what="everything acknowledged after restart")
+    finally:
+        await capture.stop(5)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    con = sqlite3.connect(store)
+    ids = [r[0] for r in con.execute("SELECT request_id FROM samples")]
+    assert len(ids) == len(set(ids)) == len(offered) == 1200
+    assert set(ids) == set(offered)
+    assert _value(registry, "pseudoserve_capture_reconnects_total") >= 1
+    assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 0
