@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 import uuid
@@ -142,13 +141,19 @@ class RichProgress:
 
     def __init__(self, enabled: bool) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled)
         self._tasks: dict[str, int] = {}
 
-    def __enter__(self) -> RichProgress:
+    def __enter__(self) -> RichProgress:  # noqa: PYI034 - final class
         self._progress.start()
         return self
 
@@ -229,23 +234,24 @@ def _fit(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(json.dumps({"out": str(out), **summary}))
+    print(json.dumps({"out": str(out), **{k: summary[k] for k in (
+        "labeled", "unlabeled", "holdout", "rounds", "promotions", "holdout_accuracy", "supervised_holdout_accuracy")}}))
     return 0
 
 
 def _fit_into(folder: Path, data, settings, *, quiet: bool) -> dict:
+    import torch
+
     from trainer.engine import evaluate, self_train
     from trainer.export import export_onnx
     from trainer.publish import make_checkpoint
     from trainer.report import history_entry, write_index, write_round_report
 
-    import torch
-
     started = time.monotonic()
     history: list[dict] = []
-    report_kw = dict(class_names=data.class_names, sample_shape=data.preprocessor.output_shape,
-                     X_lab_pre=data.X_lab, X_pool_pre=data.X_unlab, y_lab=data.y_lab,
-                     feature_names=data.preprocessor.output_names)
+    report_kw = {"class_names": data.class_names, "sample_shape": data.preprocessor.output_shape,
+                 "X_lab_pre": data.X_lab, "X_pool_pre": data.X_unlab, "y_lab": data.y_lab,
+                 "feature_names": data.preprocessor.output_names}
 
     def on_round(result) -> None:
         write_round_report(folder, result, list(history), **report_kw)
@@ -253,9 +259,9 @@ def _fit_into(folder: Path, data, settings, *, quiet: bool) -> dict:
         log.info("round %d: %s (%s)", result.round_index, "promoted" if result.promoted else "rejected", result.reason)
 
     with RichProgress(enabled=not quiet) as progress:
-        final, rounds, baseline = self_train(data.X_lab, data.y_lab, data.X_unlab, (data.X_hold, data.holdout_y),
+        final, rounds, baseline = self_train(data.X_lab, data.y_lab, data.X_unlab, data.engine_holdout,
                                              n_classes=data.n_classes, settings=settings, seed=settings.seed,
-                                             progress=progress, on_round=on_round)
+                                             progress=progress, on_round=on_round, class_names=data.class_names)
     final_eval = evaluate(final.predict_proba(data.X_hold), data.holdout_y, data.n_classes)
     base_eval = evaluate(baseline.predict_proba(data.X_hold), data.holdout_y, data.n_classes)
     diff = export_onnx(final, data.preprocessor, folder / "model.onnx", class_names=data.class_names,
@@ -288,8 +294,7 @@ def run_bootstrap(args: argparse.Namespace) -> int:
 
 def _bootstrap(args: argparse.Namespace) -> int:
     from trainer.engine import evaluate, train_supervised
-    from trainer.export import export_onnx
-    from trainer.publish import PublishError, make_checkpoint, publish_version, version_numbers
+    from trainer.publish import PublishError, export_and_publish, version_numbers
 
     existing = version_numbers(args.model_repository / args.model)
     if existing and not args.force:
@@ -301,19 +306,15 @@ def _bootstrap(args: argparse.Namespace) -> int:
         classifier = train_supervised(data.X_lab, data.y_lab, n_classes=data.n_classes, settings=settings,
                                       seed=settings.seed, progress=progress)
     holdout = evaluate(classifier.predict_proba(data.X_hold), data.holdout_y, data.n_classes)
-    with tempfile.TemporaryDirectory(prefix="pseudoserve-bootstrap-") as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        diff = export_onnx(classifier, data.preprocessor, onnx_path, class_names=data.class_names,
-                           feature_names=data.feature_names, parity_sample=data.parity_sample(seed=settings.seed))
-        checkpoint = make_checkpoint(classifier=classifier, preprocessor=data.preprocessor,
-                                     class_names=data.class_names, feature_names=data.feature_names,
-                                     settings=settings, source="bootstrap", round=0)
-        meta = {"source": "bootstrap", "round": 0, "created": time.time(), "labeled": len(data.y_lab),
-                "labeled_file": str(args.labeled), "holdout_source": data.holdout_source,
-                "holdout": holdout.to_dict(), "class_names": data.class_names, "feature_names": data.feature_names,
-                "categories": data.preprocessor.metadata(), "parity_max_abs_diff": diff}
-        version = publish_version(args.model_repository, args.model, onnx_path=onnx_path, checkpoint=checkpoint,
-                                  meta=meta)
+    meta = {"source": "bootstrap", "round": 0, "created": time.time(), "labeled": len(data.y_lab),
+            "labeled_file": str(args.labeled), "holdout_source": data.holdout_source, "holdout": holdout.to_dict(),
+            "class_names": data.class_names, "feature_names": data.feature_names,
+            "categories": data.preprocessor.metadata()}
+    version, _ = export_and_publish(args.model_repository, args.model, classifier=classifier,
+                                    preprocessor=data.preprocessor, class_names=data.class_names,
+                                    feature_names=data.feature_names, settings=settings,
+                                    parity_sample=data.parity_sample(seed=settings.seed), meta=meta,
+                                    source="bootstrap", round=0)
     result = {"model": args.model, "version": version, "holdout_accuracy": holdout.accuracy,
               "labeled": len(data.y_lab), "holdout": len(data.holdout_y)}
     if args.service_address:

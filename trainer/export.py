@@ -114,7 +114,7 @@ def _torch_export(model, example, tmp: Path, opset: int) -> None:
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["probabilities"],
                               opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ExportError(f"torch.onnx.export failed: {exc}") from exc
 
 
@@ -126,7 +126,7 @@ def _parity(onnx_path: Path, sample: np.ndarray, expected: np.ndarray) -> float:
     try:
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         (got,) = session.run(["probabilities"], {"input": sample})
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own unrelated classes
+    except Exception as exc:
         raise ExportError(f"onnxruntime cannot run the exported model: {exc}") from exc
     if got.shape != expected.shape:
         raise ExportError(f"ONNX output shape {got.shape} differs from torch's {expected.shape}")

@@ -194,3 +194,23 @@ def make_checkpoint(*, classifier, preprocessor, class_names, feature_names, set
         "settings": settings.model_dump(mode="json") if settings is not None else None,
         **extra,
     }
+
+
+def export_and_publish(repo: str | Path, model: str, *, classifier, preprocessor, class_names, feature_names,
+                       parity_sample, meta: dict, settings=None, **checkpoint_extra) -> tuple[int, float]:
+    """Export (with the parity check) into a temp folder, then publish as the next version with
+    model.pt from `make_checkpoint`; returns (version, parity max abs diff). Nothing is published
+    when the export fails."""
+    import tempfile
+
+    from trainer.export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="pseudoserve-export-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        diff = export_onnx(classifier, preprocessor, onnx_path, class_names=class_names,
+                           feature_names=feature_names, parity_sample=parity_sample)
+        checkpoint = make_checkpoint(classifier=classifier, preprocessor=preprocessor, class_names=class_names,
+                                     feature_names=feature_names, settings=settings, **checkpoint_extra)
+        version = publish_version(repo, model, onnx_path=onnx_path, checkpoint=checkpoint,
+                                  meta={**meta, "parity_max_abs_diff": diff})
+    return version, diff

@@ -66,7 +66,7 @@ def history_entry(result: object, version: int | None = None) -> dict:
         "student_accuracy": _accuracy(_get(result, "student_eval")),
         "promoted": bool(_get(result, "promoted")),
         "version": version,
-        "accepted": int(len(_get(result, "accepted_idx", []))),
+        "accepted": len(_get(result, "accepted_idx", [])),
         "rejected": {k: int(v) for k, v in rejected.items()},
         "reason": str(_get(result, "reason", "")),
     }
@@ -78,10 +78,17 @@ def _entry_value(entry: dict, key: str) -> object:
     round_key = {"round": "round_index"}.get(key)
     if round_key and round_key in entry:
         return entry[round_key]
-    if key.endswith("_accuracy"):
-        ev = entry.get(key.replace("_accuracy", "_eval"))
-        return _accuracy(ev) if ev is not None else None
+    if key.endswith("_accuracy"):  # RoundResult.summary() nests the evaluations
+        role = key[: -len("_accuracy")]
+        ev = entry.get(f"{role}_eval", entry.get(role))
+        return _accuracy(ev) if isinstance(ev, dict) or hasattr(ev, "accuracy") else None
     return None
+
+
+def _normalized(entry: dict) -> dict:
+    """A history dict in `history_entry`'s shape, whichever shape it came in."""
+    keys = ("round", "teacher_accuracy", "student_accuracy", "promoted", "version", "accepted", "rejected", "reason")
+    return {k: _entry_value(entry, k) for k in keys}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +122,9 @@ def plot_accuracy(folder: Path, entries: Sequence[dict]) -> str | None:
             version = _entry_value(e, "version")
             ax.annotate(f"v{version}" if version else "promoted", (r, s), textcoords="offset points",
                         xytext=(4, 8), color="green")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("holdout accuracy")
     ax.set_title("Holdout accuracy over rounds (circles: promoted)")
@@ -267,13 +277,17 @@ def plot_samples(folder: Path, real: np.ndarray | None, generated: np.ndarray | 
 # round report and index
 
 
-def synthetic_verdict(effect: dict | None) -> str:
-    """One sentence on whether the synthetic samples helped, from RoundResult.synthetic_effect."""
+def synthetic_verdict(effect: dict | None, offered: int = 0) -> str:
+    """One sentence on whether the synthetic samples helped, from RoundResult.synthetic_effect
+    (`offered`: how many synthetic samples the generator produced this round)."""
     if not effect:
+        if offered:
+            return (f"Synthetic samples: {offered} generated but not used for training "
+                    "(use_synthetic is off, or the effect was not measured).")
         return "Synthetic samples: not used or not measured this round."
     helped = effect.get("helped")
-    with_acc = next((effect[k] for k in ("accuracy_with", "with_synthetic", "with") if k in effect), None)
-    without = next((effect[k] for k in ("accuracy_without", "without_synthetic", "without") if k in effect), None)
+    with_acc = next((effect[k] for k in ("holdout_accuracy_with", "accuracy_with", "with") if k in effect), None)
+    without = next((effect[k] for k in ("holdout_accuracy_without", "accuracy_without", "without") if k in effect), None)
     if helped is None and with_acc is not None and without is not None:
         helped = float(with_acc) > float(without)
     numbers = ""
@@ -314,7 +328,7 @@ def write_round_report(out_dir: Path, result: object, history: list[dict], *, cl
     folder.mkdir(parents=True, exist_ok=True)
     class_names = [str(c) for c in class_names]
     current = history_entry(result, version)
-    entries = [e for e in history if _entry_value(e, "round") != round_index] + [current]
+    entries = [_normalized(e) for e in history if _entry_value(e, "round") != round_index] + [current]
     student_eval, teacher_eval = _get(result, "student_eval"), _get(result, "teacher_eval")
     accepted = np.asarray(_get(result, "accepted_idx", np.zeros(0, np.int64)), dtype=np.int64)
     synthetic = _get(result, "synthetic")
@@ -348,7 +362,7 @@ def write_round_report(out_dir: Path, result: object, history: list[dict], *, cl
         plots.append(("Real vs generated samples", plot_samples(folder, real, _get(result, "generated_examples"))))
     plots = [(title, name) for title, name in plots if name]
     summary = result.summary() if hasattr(result, "summary") else {}
-    verdict = synthetic_verdict(_get(result, "synthetic_effect"))
+    verdict = synthetic_verdict(_get(result, "synthetic_effect"), len(synthetic[1]) if synthetic is not None else 0)
     report = _json_ready({
         "round": round_index, "version": version, "promoted": current["promoted"], "reason": current["reason"],
         "teacher_accuracy": current["teacher_accuracy"], "student_accuracy": current["student_accuracy"],

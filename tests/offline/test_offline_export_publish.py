@@ -22,8 +22,14 @@ import torch
 from trainer.data.loaders import Table
 from trainer.data.preprocess import Preprocessor
 from trainer.export import ExportError, export_onnx
-from trainer.publish import (PublishError, load_checkpoint, make_checkpoint, publish_version, rollback,
-                             version_numbers)
+from trainer.publish import (
+    PublishError,
+    load_checkpoint,
+    make_checkpoint,
+    publish_version,
+    rollback,
+    version_numbers,
+)
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,10 +130,10 @@ def test_publish_writes_version_config_and_checkpoint(exported, tmp_path: Path) 
 
 @pytest.mark.parametrize("failing", ["copyfile", "save", "fsync", "rename"])
 def test_failure_at_each_step_leaves_no_partial_version(exported, tmp_path: Path, monkeypatch, failing: str) -> None:
-    onnx_path, clf, pre = exported
+    onnx_path, _, _ = exported
     repo = tmp_path / "repo"
     publish_version(repo, "m", onnx_path=onnx_path, checkpoint={"w": torch.zeros(2)}, meta={})
-    import trainer.publish as publish
+    from trainer import publish
 
     def boom(*args, **kwargs):
         raise OSError(28, "No space left on device (injected)")

@@ -85,7 +85,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | N
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except Exception as exc:  # zipfile/pickle/format errors all mean "not a readable npz"
+    except Exception as exc:  # noqa: BLE001 - zipfile/format errors all mean "not a readable npz"
         raise DataError(f"{path}: not a readable .npz file: {exc}") from None
     feat = next((k for k in FEATURE_ARRAYS if k in arrays), None)
     if feat is None:

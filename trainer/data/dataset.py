@@ -36,6 +36,7 @@ class Prepared:
     holdout_X_raw: np.ndarray
     holdout_y: np.ndarray
     holdout_source: str  # "file <path>", "split <fraction>" or "labeled (no holdout)"
+    has_holdout: bool  # False: the holdout arrays are the labeled rows themselves
     preprocessor: Preprocessor
     X_lab: np.ndarray  # preprocessed (n, *model_input_shape) float32
     y_lab: np.ndarray
@@ -45,6 +46,11 @@ class Prepared:
     @property
     def class_names(self) -> list[str]:
         return list(self.labeled.class_names or [])
+
+    @property
+    def engine_holdout(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The `holdout` argument of the engine: None when there is no separate holdout."""
+        return (self.X_hold, self.holdout_y) if self.has_holdout else None
 
     @property
     def n_classes(self) -> int:
@@ -92,5 +98,6 @@ def prepare(*, labeled: str | Path, label_column: str | None, unlabeled: str | P
     pre = Preprocessor(scaler=scaler).fit([lab] + ([unlab] if unlab is not None else []))
     empty = np.zeros((0, *pre.output_shape), np.float32)
     return Prepared(labeled=lab, unlabeled=unlab, holdout_X_raw=hold_X, holdout_y=np.asarray(hold_y, np.int64),
-                    holdout_source=source, preprocessor=pre, X_lab=pre.transform(lab.X), y_lab=lab.y,
+                    holdout_source=source, has_holdout=source != "labeled (no holdout)", preprocessor=pre,
+                    X_lab=pre.transform(lab.X), y_lab=lab.y,
                     X_unlab=pre.transform(unlab.X) if unlab is not None else empty, X_hold=pre.transform(hold_X))

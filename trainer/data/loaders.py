@@ -72,7 +72,10 @@ class Table:
         if self.kind == "image":
             cols = "x".join(str(d) for d in self.sample_shape) + " image"
         else:
-            cols = ", ".join(f"{n} (categorical)" if n in self.categorical else n for n in self.feature_names)
+            names = [f"{n} (categorical)" if n in self.categorical else n for n in self.feature_names]
+            if len(names) > 24:  # the report lists them all; keep log lines readable
+                names = names[:10] + [f"... {len(names) - 20} more ..."] + names[-10:]
+            cols = ", ".join(names)
         labels = f"{len(self.class_names or [])} classes" if self.y is not None else "unlabeled"
         return f"{self.source}: {len(self.X)} rows, {labels}; features: {cols}"
 
@@ -91,7 +94,7 @@ def load(path: str | Path, *, label_column: str | None, class_names: Sequence[st
     if like is not None and class_names is None:
         class_names = like.class_names
     name = path.name.lower()
-    if name.endswith(".npz") or name.endswith((".gz", ".idx")) or "-ubyte" in name:
+    if name.endswith((".npz", ".gz", ".idx")) or "-ubyte" in name:
         from trainer.data import arrays
         table = arrays.load_array_file(path, class_names=class_names, require_labels=require_labels,
                                        kind=kind, error=DataError)

@@ -21,7 +21,7 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     for cls in np.unique(y):
         idx = np.flatnonzero(y == cls)
         rng.shuffle(idx)
-        n_hold = int(round(fraction * len(idx)))
+        n_hold = round(fraction * len(idx))
         if fraction > 0 and len(idx) >= 2:
             n_hold = max(n_hold, 1)
         n_hold = min(n_hold, len(idx) - 1)
