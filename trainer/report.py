@@ -408,7 +408,7 @@ def _round_html(report: dict, plots: list[tuple[str, str]]) -> str:
     figures = "".join(f"<h2>{esc(t)}</h2><img src=\"{esc(n)}\" alt=\"{esc(t)}\">" for t, n in plots)
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Round {report['round']}</title>{_style()}"
             f"</head><body><p><a href=\"../../index.html\">all rounds</a></p><h1>Round {report['round']}</h1>"
-            f"<table>{table}</table><p>{esc(report['synthetic'])}</p>{figures}"
+            f"<table>{table}</table>{figures}"
             "<p><a href=\"report.json\">report.json</a></p></body></html>")
 
 
