@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from protos import inference_pb2_grpc  # noqa: E402
 from service.server import InferenceServer  # noqa: E402
 from service.settings import ServerSettings  # noqa: E402
+from tests.fixtures.servers import make_settings  # noqa: E402
 from tests.fixtures.onnx_models import write_version  # noqa: E402
 
 
@@ -26,12 +27,6 @@ def repo(tmp_path: Path) -> Path:
     root = tmp_path / "models"
     write_version(root, "mlp", 1)
     return root
-
-
-def make_settings(repo: Path, **overrides) -> ServerSettings:
-    values = dict(model_repository=repo, grpc_port=0, metrics_port=0, compute_threads=1)
-    values.update(overrides)
-    return ServerSettings(**values)
 
 
 @pytest.fixture
