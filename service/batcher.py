@@ -33,7 +33,7 @@ BatchHook = Callable[[list[np.ndarray], int, float], None]
 
 
 class _Pending:
-    __slots__ = ("feeds", "rows", "key", "future", "enqueued")
+    __slots__ = ("enqueued", "feeds", "future", "key", "rows")
 
     def __init__(self, feeds: dict[str, np.ndarray], rows: int, key: tuple, future: asyncio.Future) -> None:
         self.feeds = feeds

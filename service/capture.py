@@ -147,35 +147,64 @@ def _input_rows(inputs: Sequence[InputTuple], rows: int, batched: bool) -> list[
     return per_row
 
 
-def build_records(item: _Queued, max_record_bytes: int) -> tuple[list[collector_pb2.CaptureRecord], int]:
-    """CaptureRecords of one offered request; returns (records, how many were truncated)."""
-    timestamp_ns, request_id, model_name, model_version, inputs, outputs, rows = item
-    raw_probs = probability_output(outputs)
-    batched = raw_probs is None or raw_probs.ndim == 2
-    probs = as_distribution(raw_probs) if raw_probs is not None else None
-    tensors = _input_rows(inputs, rows, batched)
+def _prediction_stats(prob_arrays: list[np.ndarray | None]) -> list[tuple[list, list, list, list] | None]:
+    """Per item: (probability rows, predicted classes, confidences, margins) as Python lists,
+    computed for all items of a batch at once (one numpy pass per class count)."""
+    out: list[tuple[list, list, list, list] | None] = [None] * len(prob_arrays)
+    by_width: dict[int, list[int]] = {}
+    for index, p in enumerate(prob_arrays):
+        if p is not None and p.ndim in (1, 2) and p.shape[-1] > 0:
+            by_width.setdefault(int(p.shape[-1]), []).append(index)
+    for width, indices in by_width.items():
+        parts = [prob_arrays[i].reshape(-1, width) for i in indices]
+        P = as_distribution(np.concatenate(parts) if len(parts) > 1 else parts[0])  # (rows, classes)
+        rows = np.arange(len(P))
+        order = np.argsort(P, axis=1)
+        top1 = P[rows, order[:, -1]]
+        top2 = P[rows, order[:, -2]] if width > 1 else np.zeros_like(top1)
+        probs, pred, conf, margin = P.tolist(), order[:, -1].tolist(), top1.tolist(), (top1 - top2).tolist()
+        offset = 0
+        for i, part in zip(indices, parts):
+            n = len(part)
+            out[i] = (probs[offset:offset + n], pred[offset:offset + n], conf[offset:offset + n],
+                      margin[offset:offset + n])
+            offset += n
+    return out
+
+
+def build_batch(items: Sequence[_Queued], max_record_bytes: int) -> tuple[list[collector_pb2.CaptureRecord], int]:
+    """CaptureRecords of offered requests; returns (records, how many were truncated)."""
+    prob_arrays = [probability_output(item[5]) for item in items]
+    stats = _prediction_stats(prob_arrays)
     records, truncated = [], 0
-    for i in range(rows):
-        record = collector_pb2.CaptureRecord(
-            request_id=request_id if rows == 1 else f"{request_id}#{i}", model_name=model_name,
-            model_version=model_version, timestamp_ns=timestamp_ns)
-        if probs is not None and probs.shape[1] > 0:
-            row = probs[i].tolist()
-            top = sorted(row, reverse=True)
-            record.probabilities.extend(row)
-            record.predicted_class = row.index(top[0])
-            record.confidence = top[0]
-            record.margin = top[0] - top[1] if len(top) > 1 else top[0]
-        else:
-            record.predicted_class = -1
-        size = sum(len(t.data) for t in tensors[i])
-        if size + 4 * len(record.probabilities) > max_record_bytes:
-            record.truncated = True
-            truncated += 1
-        else:
-            record.inputs.extend(tensors[i])
-        records.append(record)
+    Record = collector_pb2.CaptureRecord
+    for item, raw_probs, stat in zip(items, prob_arrays, stats):
+        timestamp_ns, request_id, model_name, model_version, inputs, _, rows = item
+        tensors = _input_rows(inputs, rows, raw_probs is None or raw_probs.ndim == 2)
+        for i in range(rows):
+            row_id = request_id if rows == 1 else f"{request_id}#{i}"
+            row_tensors = tensors[i]
+            size = sum(len(t.data) for t in row_tensors)
+            too_large = size + 4 * (len(stat[0][i]) if stat else 0) > max_record_bytes
+            if too_large:
+                truncated += 1
+                row_tensors = ()
+            if stat is not None:
+                record = Record(request_id=row_id, model_name=model_name, model_version=model_version,
+                                timestamp_ns=timestamp_ns, inputs=row_tensors, probabilities=stat[0][i],
+                                predicted_class=stat[1][i], confidence=stat[2][i], margin=stat[3][i],
+                                truncated=too_large)
+            else:
+                record = Record(request_id=row_id, model_name=model_name, model_version=model_version,
+                                timestamp_ns=timestamp_ns, inputs=row_tensors, predicted_class=-1,
+                                truncated=too_large)
+            records.append(record)
     return records, truncated
+
+
+def build_records(item: _Queued, max_record_bytes: int) -> tuple[list[collector_pb2.CaptureRecord], int]:
+    """CaptureRecords of one offered request (see build_batch)."""
+    return build_batch([item], max_record_bytes)
 
 
 class _StreamBroken(Exception):
@@ -222,7 +251,7 @@ class Capture:
         self._warned = False
 
     @classmethod
-    def from_settings(cls, settings: Any, registry: CollectorRegistry) -> "Capture | None":
+    def from_settings(cls, settings: Any, registry: CollectorRegistry) -> Capture | None:
         """A Capture for `service.settings.ServerSettings`, or None when capture is off."""
         if settings.trainer_address is None or settings.capture_sampling <= 0:
             return None
@@ -259,7 +288,7 @@ class Capture:
             counter.inc(rows)
             if dropped:
                 self.metrics.dropped.labels(reason="queue_full").inc(dropped)
-        except Exception:  # noqa: BLE001 - capture must never fail a request
+        except Exception:
             if not self._warned:
                 self._warned = True
                 log.exception("capture: offer failed (logged once)")
@@ -281,7 +310,7 @@ class Capture:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
         with self._lock:
@@ -323,7 +352,7 @@ class Capture:
                 detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
                 log.log(logging.INFO if attempt == 0 else logging.DEBUG,
                         "capture: stream to %s broken (%s); reconnecting", self.address, detail)
-            except Exception:  # noqa: BLE001 - keep capturing whatever happens
+            except Exception:
                 log.exception("capture: unexpected error in the sender; reconnecting")
             self.metrics.reconnects.inc()
             delay = random.uniform(0.0, min(self._backoff_max, self._backoff_initial * 2 ** min(attempt, 30)))
@@ -338,7 +367,7 @@ class Capture:
         try:
             await asyncio.wait_for(self._wake.wait(), seconds)
             self._wake.clear()  # woken once by stop(); later backoffs sleep in full
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _stub(self) -> collector_pb2_grpc.CollectorStub:
@@ -432,7 +461,7 @@ class Capture:
         for item in items:
             try:
                 built, cut = build_records(item, self._max_record_bytes)
-            except Exception:  # noqa: BLE001 - a malformed output must not stop capture
+            except Exception:
                 log.exception("capture: cannot build records for request %s", item[1])
                 continue
             records.extend(built)

@@ -28,14 +28,14 @@ PLATFORM = "onnxruntime_onnx"
 _ONNX_NAMES = {"", "onnxruntime", "onnxruntime_onnx"}
 
 
-class _LoggingParser(text_format._Parser):  # noqa: SLF001 - the public API cannot report skipped fields
+class _LoggingParser(text_format._Parser):
     """text_format's parser with unknown fields skipped and remembered."""
 
     def __init__(self) -> None:
         super().__init__(allow_unknown_field=True)
         self.skipped: list[str] = []
 
-    def _SkipFieldContents(self, tokenizer, field_name, immediate_message_type):  # noqa: N802
+    def _SkipFieldContents(self, tokenizer, field_name, immediate_message_type):
         self.skipped.append(f"{immediate_message_type}.{field_name} (line {tokenizer._previous_line + 1})")
         super()._SkipFieldContents(tokenizer, field_name, immediate_message_type)
 

@@ -14,7 +14,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from protos import model_config_pb2 as mc
-from service.domain import InferOutput, InferRequest, InferResponse, ModelIndexEntry, TensorSpec
+from service.domain import (
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    ModelIndexEntry,
+    TensorSpec,
+)
 from service.errors import ServerNotReady, ServingError
 from service.manager import ModelManager
 from service.metrics import ServiceMetrics, VersionMetrics

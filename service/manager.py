@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 
 from protos import model_config_pb2 as mc
 from service.domain import ModelIndexEntry
-from service.errors import ConfigError, ModelLoadError, ModelNotFound, ModelNotReady, ServingError
+from service.errors import (
+    ConfigError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ServingError,
+)
 from service.metrics import ServiceMetrics
 from service.model import ModelVersion, load_version
 from service.repository import DEFAULT_MODEL_FILENAME, ModelRepository, select_versions
@@ -143,7 +149,7 @@ class ModelManager:
                 errors[version] = exc.message
             except TimeoutError:
                 errors[version] = f"model {name!r} version {version}: loading took longer than {self._settings.load_timeout_seconds} s"
-            except Exception as exc:  # noqa: BLE001 - a load failure must never take the server down
+            except Exception as exc:
                 log.exception("model %r version %d: unexpected load failure", name, version)
                 errors[version] = f"model {name!r} version {version}: {type(exc).__name__}: {exc}"
         model.failed = errors
@@ -234,7 +240,7 @@ class ModelManager:
             await asyncio.sleep(interval_s)
             try:
                 await self.poll_once()
-            except Exception:  # noqa: BLE001 - polling must survive anything on disk
+            except Exception:
                 log.exception("repository poll failed")
 
     async def poll_once(self) -> None:

@@ -205,6 +205,10 @@ def load_version(*, name: str, version: int, path: Path, config: mc.ModelConfig 
                             default_intra_op_threads=settings.default_intra_op_threads,
                             default_nan_policy=settings.default_nan_policy)
     completed.parameters["execution_provider"].string_value = provider
+    for group in completed.instance_group:  # report where the sessions actually run
+        if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
+            group.kind = mc.ModelInstanceGroup.KIND_CPU if provider == "CPUExecutionProvider" \
+                else mc.ModelInstanceGroup.KIND_GPU
     warm = runtime.warm_up(sessions, completed, where)
     n_classes = None
     for o in outputs:

@@ -71,8 +71,8 @@ def _rejecting_handler(handler: grpc.RpcMethodHandler | None, message: str) -> g
     async def abort_stream(request_iterator, context: grpc.aio.ServicerContext):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    kwargs = dict(request_deserializer=handler.request_deserializer,
-                  response_serializer=handler.response_serializer)
+    kwargs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort_stream, **kwargs)
     if handler.request_streaming:

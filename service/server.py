@@ -100,7 +100,9 @@ class InferenceServer:
         await self.manager.load_all()
         await self.server.start()
         if s.trainer_address:
-            from service.capture import Capture  # lazily: only a server with a trainer needs it
+            from service.capture import (
+                Capture,  # lazily: only a server with a trainer needs it
+            )
 
             self.capture = Capture.from_settings(s, self.registry)
             if self.capture is not None:
@@ -122,7 +124,7 @@ class InferenceServer:
             await asyncio.sleep(interval)
             try:
                 await self.manager.poll_once()
-            except Exception:  # noqa: BLE001 - polling must survive anything on disk
+            except Exception:
                 log.exception("repository poll failed")
             await self._sync_health()
 
@@ -156,7 +158,7 @@ class InferenceServer:
         if self.capture is not None:
             try:
                 await self.capture.stop(s.shutdown_grace_seconds)
-            except Exception:  # noqa: BLE001 - shutdown goes on
+            except Exception:
                 log.exception("capture did not stop cleanly")
         await self.manager.close()
         if self._httpd is not None:

@@ -50,24 +50,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._dp = dataplane
 
     @_map_errors
-    async def ServerLive(self, request, context):  # noqa: N802
+    async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self._dp.live())
 
     @_map_errors
-    async def ServerReady(self, request, context):  # noqa: N802
+    async def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=self._dp.ready)
 
     @_map_errors
-    async def ModelReady(self, request, context):  # noqa: N802
+    async def ModelReady(self, request, context):
         return pb.ModelReadyResponse(ready=self._dp.model_ready(request.name, request.version))
 
     @_map_errors
-    async def ServerMetadata(self, request, context):  # noqa: N802
+    async def ServerMetadata(self, request, context):
         name, version, extensions = self._dp.server_metadata()
         return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
     @_map_errors
-    async def ModelMetadata(self, request, context):  # noqa: N802
+    async def ModelMetadata(self, request, context):
         versions, platform, inputs, outputs = self._dp.model_metadata(request.name, request.version)
         return pb.ModelMetadataResponse(
             name=request.name, versions=versions, platform=platform,
@@ -75,33 +75,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[converters.tensor_metadata(s.name, s.datatype, s.shape) for s in outputs])
 
     @_map_errors
-    async def ModelConfig(self, request, context):  # noqa: N802
+    async def ModelConfig(self, request, context):
         return pb.ModelConfigResponse(config=self._dp.model_config(request.name, request.version))
 
     @_map_errors
-    async def ModelStatistics(self, request, context):  # noqa: N802
+    async def ModelStatistics(self, request, context):
         return converters.statistics_to_proto(self._dp.statistics(request.name, request.version))
 
     @_map_errors
-    async def RepositoryIndex(self, request, context):  # noqa: N802
+    async def RepositoryIndex(self, request, context):
         return converters.index_to_proto(self._dp.repository_index(request.ready))
 
     @_map_errors
-    async def RepositoryModelLoad(self, request, context):  # noqa: N802
+    async def RepositoryModelLoad(self, request, context):
         await self._dp.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @_map_errors
-    async def RepositoryModelUnload(self, request, context):  # noqa: N802
+    async def RepositoryModelUnload(self, request, context):
         await self._dp.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     @_map_errors
-    async def ModelInfer(self, request, context):  # noqa: N802
+    async def ModelInfer(self, request, context):
         response = await self._dp.infer(converters.infer_request_from_proto(request))
         return converters.infer_response_to_proto(response)
 
-    async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
+    async def ModelStreamInfer(self, request_iterator, context):
         window: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         loop = asyncio.get_running_loop()
 
@@ -130,6 +130,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelStreamInferResponse(infer_response=converters.infer_response_to_proto(response))
         except ServingError as exc:
             return pb.ModelStreamInferResponse(error_message=exc.message)
-        except Exception:  # noqa: BLE001 - one bad request must not end the stream
+        except Exception:
             log.exception("ModelStreamInfer request failed")
             return pb.ModelStreamInferResponse(error_message="internal error")

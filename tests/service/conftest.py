@@ -13,13 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from prometheus_client import CollectorRegistry  # noqa: E402
+from prometheus_client import CollectorRegistry
 
-from protos import inference_pb2_grpc  # noqa: E402
-from service.server import InferenceServer  # noqa: E402
-from service.settings import ServerSettings  # noqa: E402
-from tests.fixtures.servers import make_settings  # noqa: E402
-from tests.fixtures.onnx_models import write_version  # noqa: E402
+from protos import inference_pb2_grpc
+from service.server import InferenceServer
+from service.settings import ServerSettings
+from tests.fixtures.onnx_models import write_version
+from tests.fixtures.servers import make_settings
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def executor():
 
 
 def _batcher(run, executor, **kw) -> DynamicBatcher:
-    options = dict(instances=1, max_batch_size=8, max_queue_delay_s=0.0, executor=executor)
+    options = {"instances": 1, "max_batch_size": 8, "max_queue_delay_s": 0.0, "executor": executor}
     options.update(kw)
     return DynamicBatcher(run, **options)
 
@@ -126,6 +126,7 @@ async def test_no_batching_model_runs_requests_alone(executor) -> None:
     batcher = _batcher(run, executor, max_batch_size=0)
     _, results = await _submit_while_busy(batcher, run, [_rows(1.0), _rows(2.0)])
     assert run.calls == [1, 1, 1]
+    np.testing.assert_array_equal(results[1][0][0], _rows(2.0)["x"] * 2)
 
 
 async def test_inline_calls_for_cheap_models(executor) -> None:

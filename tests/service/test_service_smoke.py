@@ -17,7 +17,7 @@ def _request(x: np.ndarray, **kw) -> pb.ModelInferRequest:
 
 
 async def test_raw_infer_matches_onnxruntime(served) -> None:
-    server, stub = served
+    _, stub = served
     x = np.random.default_rng(0).random((3, 64), dtype=np.float32)
     response = await stub.ModelInfer(_request(x, id="abc"))
     assert response.id == "abc" and response.model_version == "1"

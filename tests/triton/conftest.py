@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.fixtures.onnx_models import mlp_model, write_version  # noqa: E402
+from tests.fixtures.onnx_models import mlp_model, write_version
 
 PSEUDOSERVE = ROOT / ".venv" / "bin" / "pseudoserve"
 if not PSEUDOSERVE.exists():  # an environment where the package is installed elsewhere
