@@ -146,20 +146,25 @@ def infer_payload() -> bytes:
 
 # --- perf_analyzer --------------------------------------------------------------------------------
 def perf_analyzer(url: str, concurrency: int, streaming: bool, workdir: Path, window_ms: int) -> dict | None:
+    """One perf_analyzer point; on a noisy machine its stability search sometimes gives up, so a
+    failed point is retried (up to 3 tries) with a longer window."""
     out = workdir / f"pa-{concurrency}-{int(streaming)}.csv"
-    cmd = [str(PERF_ANALYZER), "-i", "grpc", "-u", url, "-m", MODEL, "--concurrency-range", str(concurrency),
-           "--shape", "input:64", "-p", str(window_ms), "-s", "100", "--max-trials", "3", "-f", str(out)]
-    if streaming:
-        cmd.append("--streaming")
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    if result.returncode != 0 or not out.exists():
-        print(f"perf_analyzer failed ({' '.join(cmd[1:])}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}",
+    for attempt in range(3):
+        cmd = [str(PERF_ANALYZER), "-i", "grpc", "-u", url, "-m", MODEL, "--concurrency-range", str(concurrency),
+               "--shape", "input:64", "-p", str(window_ms * (attempt + 1)), "-s", "100", "--max-trials", "3",
+               "-f", str(out)]
+        if streaming:
+            cmd.append("--streaming")
+        out.unlink(missing_ok=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        if result.returncode == 0 and out.exists():
+            with open(out) as fh:
+                row = next(csv.DictReader(fh))
+            return {"throughput": float(row["Inferences/Second"]), "p50_us": float(row["p50 latency"]),
+                    "p99_us": float(row["p99 latency"]), "tries": attempt + 1}
+        print(f"perf_analyzer try {attempt + 1} failed ({' '.join(cmd[1:])}): {result.stdout[-300:]}{result.stderr[-300:]}",
               file=sys.stderr)
-        return None
-    with open(out) as fh:
-        row = next(csv.DictReader(fh))
-    return {"throughput": float(row["Inferences/Second"]), "p50_us": float(row["p50 latency"]),
-            "p99_us": float(row["p99 latency"])}
+    return None
 
 
 # --- main -----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServerSettings(BaseSettings):
     """Settings of one `pseudoserve serve` process."""
 
-    model_config = SettingsConfigDict(env_prefix="PSEUDOSERVE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PSEUDOSERVE_", extra="ignore", use_attribute_docstrings=True)
 
     model_repository: Path = Path("models")
     """Folder in Triton's layout: <repo>/<model>/[config.pbtxt] and <repo>/<model>/<version>/model.onnx."""
