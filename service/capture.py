@@ -172,6 +172,16 @@ def _prediction_stats(prob_arrays: list[np.ndarray | None]) -> list[tuple[list, 
     return out
 
 
+def _record(Record: type, request_id: str, model_name: str, model_version: str, timestamp_ns: int,
+            stat: tuple[list, list, list, list] | None, i: int, truncated: bool) -> collector_pb2.CaptureRecord:
+    if stat is None:
+        return Record(request_id=request_id, model_name=model_name, model_version=model_version,
+                      timestamp_ns=timestamp_ns, predicted_class=-1, truncated=truncated)
+    return Record(request_id=request_id, model_name=model_name, model_version=model_version,
+                  timestamp_ns=timestamp_ns, probabilities=stat[0][i], predicted_class=stat[1][i],
+                  confidence=stat[2][i], margin=stat[3][i], truncated=truncated)
+
+
 def build_batch(items: Sequence[_Queued], max_record_bytes: int) -> tuple[list[collector_pb2.CaptureRecord], int]:
     """CaptureRecords of offered requests; returns (records, how many were truncated)."""
     prob_arrays = [probability_output(item[5]) for item in items]
@@ -180,24 +190,29 @@ def build_batch(items: Sequence[_Queued], max_record_bytes: int) -> tuple[list[c
     Record = collector_pb2.CaptureRecord
     for item, raw_probs, stat in zip(items, prob_arrays, stats):
         timestamp_ns, request_id, model_name, model_version, inputs, _, rows = item
-        tensors = _input_rows(inputs, rows, raw_probs is None or raw_probs.ndim == 2)
-        for i in range(rows):
-            row_id = request_id if rows == 1 else f"{request_id}#{i}"
-            row_tensors = tensors[i]
-            size = sum(len(t.data) for t in row_tensors)
-            too_large = size + 4 * (len(stat[0][i]) if stat else 0) > max_record_bytes
+        batched = raw_probs is None or raw_probs.ndim == 2
+        if rows == 1:  # the common case: no slicing, tensors added in place (no intermediate copies)
+            size = sum(len(raw) for _, _, _, raw in inputs)
+            too_large = size + 4 * (len(stat[0][0]) if stat else 0) > max_record_bytes
+            record = _record(Record, request_id, model_name, model_version, timestamp_ns, stat, 0, too_large)
             if too_large:
                 truncated += 1
-                row_tensors = ()
-            if stat is not None:
-                record = Record(request_id=row_id, model_name=model_name, model_version=model_version,
-                                timestamp_ns=timestamp_ns, inputs=row_tensors, probabilities=stat[0][i],
-                                predicted_class=stat[1][i], confidence=stat[2][i], margin=stat[3][i],
-                                truncated=too_large)
             else:
-                record = Record(request_id=row_id, model_name=model_name, model_version=model_version,
-                                timestamp_ns=timestamp_ns, inputs=row_tensors, predicted_class=-1,
-                                truncated=too_large)
+                add = record.inputs.add
+                for name, datatype, shape, raw in inputs:
+                    add(name=name, datatype=datatype, shape=shape if batched else [1, *shape],
+                        data=raw if isinstance(raw, bytes) else bytes(raw))
+            records.append(record)
+            continue
+        tensors = _input_rows(inputs, rows, batched)
+        for i in range(rows):
+            size = sum(len(t.data) for t in tensors[i])
+            too_large = size + 4 * (len(stat[0][i]) if stat else 0) > max_record_bytes
+            record = _record(Record, f"{request_id}#{i}", model_name, model_version, timestamp_ns, stat, i, too_large)
+            if too_large:
+                truncated += 1
+            else:
+                record.inputs.extend(tensors[i])
             records.append(record)
     return records, truncated
 
@@ -217,7 +232,7 @@ class Capture:
     def __init__(self, address: str, *, registry: CollectorRegistry, sampling: float = 1.0,
                  models: Collection[str] = (), max_record_bytes: int = 1_048_576, queue_size: int = 10_000,
                  batch_size: int = 256, token: str | None = None, tls_ca_file: Path | None = None,
-                 flush_interval: float = 0.05, backoff_initial: float = 0.05, backoff_max: float = 5.0,
+                 flush_interval: float = 0.2, backoff_initial: float = 0.05, backoff_max: float = 5.0,
                  max_in_flight: int = 4, sender: str | None = None, rng: random.Random | None = None) -> None:
         if not 0.0 < sampling <= 1.0:
             raise ValueError(f"capture_sampling must be in (0, 1], got {sampling}")
@@ -456,16 +471,19 @@ class Capture:
             self._pending_records -= count
             batch_id = self._next_batch_id
             self._next_batch_id += 1
-        records: list[collector_pb2.CaptureRecord] = []
-        truncated = 0
-        for item in items:
-            try:
-                built, cut = build_records(item, self._max_record_bytes)
-            except Exception:
-                log.exception("capture: cannot build records for request %s", item[1])
-                continue
-            records.extend(built)
-            truncated += cut
+        try:
+            records, truncated = build_batch(items, self._max_record_bytes)
+        except Exception:  # one malformed output must not stop capture: convert request by request
+            log.debug("capture: batch conversion failed; converting request by request", exc_info=True)
+            records, truncated = [], 0
+            for item in items:
+                try:
+                    built, cut = build_records(item, self._max_record_bytes)
+                except Exception:
+                    log.exception("capture: cannot build records for request %s", item[1])
+                    continue
+                records.extend(built)
+                truncated += cut
         if truncated:
             self.metrics.dropped.labels(reason="too_large").inc(truncated)
         batch = collector_pb2.CaptureBatch(batch_id=batch_id, sender=self.sender, records=records)

@@ -40,7 +40,7 @@ class CollectorServicer(collector_pb2_grpc.CollectorServicer):
             try:
                 stored, duplicates = await loop.run_in_executor(self._executor, self._store.add_captured,
                                                                 batch.records)
-            except Exception as e:  # noqa: BLE001 - the sender resends; we log the full reason here
+            except Exception as e:
                 log.exception("capture batch %d from %s (%s) not stored", batch.batch_id, batch.sender, peer)
                 yield collector_pb2.CaptureAck(batch_id=batch.batch_id, error=f"not stored: {type(e).__name__}: {e}")
                 continue

@@ -148,7 +148,7 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     """Map errors to gRPC status: the one place where that happens for the control API."""
 
     @functools.wraps(method)
-    async def wrapper(self: "TrainerControlServicer", request: Any, context: grpc.aio.ServicerContext) -> _R:
+    async def wrapper(self: TrainerControlServicer, request: Any, context: grpc.aio.ServicerContext) -> _R:
         try:
             return await method(self, request, context)
         except ControlError as e:
@@ -157,7 +157,7 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("Trainer/%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         raise AssertionError("unreachable")  # context.abort raises

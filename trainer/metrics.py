@@ -71,7 +71,7 @@ def _build(registry: CollectorRegistry) -> TrainerMetrics:
 
 
 _lock = threading.Lock()
-_by_registry: "weakref.WeakKeyDictionary[CollectorRegistry, TrainerMetrics]" = weakref.WeakKeyDictionary()
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, TrainerMetrics] = weakref.WeakKeyDictionary()
 
 
 def trainer_metrics(registry: CollectorRegistry) -> TrainerMetrics:

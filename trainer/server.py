@@ -55,7 +55,7 @@ def _handler_class(registry: CollectorRegistry, reports_dir: Path) -> type[BaseH
     reports_root = reports_dir.resolve()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             path = unquote(urlsplit(self.path).path)
             if path == "/metrics":
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
@@ -88,7 +88,7 @@ def _handler_class(registry: CollectorRegistry, reports_dir: Path) -> type[BaseH
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             log.debug("http: " + format, *args)
 
     return Handler
@@ -200,7 +200,7 @@ class TrainerProcess:
         if self.round_runner is not None:
             try:
                 await self.round_runner.stop()
-            except Exception:  # noqa: BLE001 - shutting down anyway
+            except Exception:
                 log.exception("stopping the round runner failed")
         if self._server is not None:
             await self._server.stop(grace)

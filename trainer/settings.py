@@ -68,7 +68,7 @@ class TrainerSettings(BaseSettings):
     """Folder where round reports are written and served under /reports/."""
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> "TrainerSettings":
+    def _tls_pair(self) -> TrainerSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be given together")
         return self

@@ -20,13 +20,17 @@ from `add_labeled`. Pseudo-labels are columns of unlabeled samples, not a pool o
 Retention limits apply to the `unlabeled` pool only (labels are never evicted): oldest first by
 arrival, counted in `pseudoserve_trainer_evicted_total{reason}`.
 
-X rows: the first input tensor of a sample, decoded with `service.tensors.decode_raw`, cast to
-float32, with its leading batch dimension (of 1) removed. Arrays returned are stacked rows of one
-per-sample shape; rows of another shape (a model whose input changed) are left out with a warning.
+Rows: a captured sample is stored as its serialized CaptureRecord plus the few scalar columns
+queries need (the collector's hot path does no per-tensor work: ~0.5 µs of C serialization per
+record); features and probabilities are decoded when read. X rows: the first input tensor,
+decoded with `service.tensors.decode_raw`, cast to float32, with its leading batch dimension (of 1)
+removed. Arrays returned are stacked rows of one per-sample shape; rows of another shape (a model
+whose input changed) are left out with a warning.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,6 +42,7 @@ from collections import Counter as _Tally
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -63,10 +68,9 @@ CREATE TABLE samples (
     model_version TEXT NOT NULL DEFAULT '',
     timestamp_ns INTEGER NOT NULL,    -- when the service served it (captured) or it was added
     arrived_ns INTEGER NOT NULL,      -- when the store committed it (retention by age uses this)
-    inputs BLOB,                      -- trainer_pb2.Sample with the tensors exactly as received
-    x BLOB,                           -- first input as float32, batch dimension removed
+    record BLOB,                      -- serialized CaptureRecord: inputs exactly as received, probabilities
+    x BLOB,                           -- labeled/holdout rows: float32 features (captured rows decode `record`)
     x_shape TEXT,                     -- JSON per-sample shape of x
-    probabilities BLOB,               -- served probabilities, float32
     predicted_class INTEGER,
     confidence REAL,
     margin REAL,
@@ -166,7 +170,7 @@ def row_from_tensor(tensor: collector_pb2.Tensor, field: str) -> tuple[np.ndarra
         raise InvalidSampleError(f"{field}.shape {shape} must start with the batch dimension 1 (one sample)")
     try:
         array = decode_raw(tensor.data, tensor.datatype, shape)
-    except Exception as e:  # noqa: BLE001 - decode_raw's errors name the problem; we add the field
+    except Exception as e:
         raise InvalidSampleError(f"{field}: {e}") from e
     try:
         row = np.ascontiguousarray(array, dtype=np.float32).reshape(shape[1:])
@@ -175,18 +179,53 @@ def row_from_tensor(tensor: collector_pb2.Tensor, field: str) -> tuple[np.ndarra
     return row, shape[1:]
 
 
-def _stack(rows: list[tuple[bytes, str]], where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Stack float32 row blobs of the majority shape; returns (X, mask of rows kept)."""
-    if not rows:
-        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=bool)
-    shapes = [s for _, s in rows]
-    shape_text, _ = _Tally(shapes).most_common(1)[0]
-    keep = np.array([s == shape_text for s in shapes], dtype=bool)
-    if not keep.all():
-        log.warning("%s: %d rows of another input shape than %s left out", where, int((~keep).sum()), shape_text)
-    shape = json.loads(shape_text)
-    blob = b"".join(x for (x, s), k in zip(rows, keep) if k)
-    return np.frombuffer(blob, dtype=np.float32).reshape(int(keep.sum()), *shape).copy(), keep
+def _features(x: bytes | None, x_shape: str | None, record: bytes | None) -> np.ndarray | None:
+    """One stored sample's float32 feature row, or None when it has none (truncated/undecodable)."""
+    if x is not None:
+        return np.frombuffer(x, dtype=np.float32).reshape(json.loads(x_shape))
+    if record is None:
+        return None
+    parsed = collector_pb2.CaptureRecord.FromString(record)
+    if not parsed.inputs:
+        return None
+    first = parsed.inputs[0]
+    try:
+        if first.datatype == "FP32" and len(first.shape) >= 1 and first.shape[0] == 1:
+            return np.frombuffer(first.data, dtype=np.float32).reshape(list(first.shape)[1:])
+        return row_from_tensor(first, f"sample {parsed.request_id!r} inputs[0]")[0]
+    except (InvalidSampleError, ValueError) as e:
+        log.warning("stored %s", e)
+        return None
+
+
+def _stack(rows: list[np.ndarray | None], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the feature rows of the majority shape; returns (X, mask of the rows kept)."""
+    shapes = [r.shape if r is not None else None for r in rows]
+    tally = _Tally(s for s in shapes if s is not None)
+    if not tally:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(len(rows), dtype=bool)
+    shape, _ = tally.most_common(1)[0]
+    keep = np.array([s == shape for s in shapes], dtype=bool)
+    other = sum(1 for s in shapes if s is not None and s != shape)
+    if other:
+        log.warning("%s: %d rows of another input shape than %s left out", where, other, list(shape))
+    return np.stack([r for r, k in zip(rows, keep) if k]).astype(np.float32, copy=False), keep
+
+
+def _shape_json(shape: Sequence[int]) -> str:
+    return _shape_text(tuple(shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return json.dumps(list(shape))
+
+
+def _captured_row(record: collector_pb2.CaptureRecord, now: int) -> tuple:
+    """The samples row of one captured record (the collector's hot path: scalars + one serialize)."""
+    blob = record.SerializeToString()
+    return (record.request_id, record.model_name, record.model_version, record.timestamp_ns or now, now, blob,
+            record.predicted_class, record.confidence, record.margin, int(record.truncated), len(blob))
 
 
 class SampleStore:
@@ -239,7 +278,7 @@ class SampleStore:
                 log.warning("%s: WAL checkpoint at close failed: %s", self.path, e)
             self._con.close()
 
-    def __enter__(self) -> "SampleStore":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -249,48 +288,53 @@ class SampleStore:
 
     def add_captured(self, records: Sequence[collector_pb2.CaptureRecord]) -> tuple[int, int]:
         """Store a capture batch in one transaction; returns (stored, duplicates). Duplicates are
-        records whose (request_id, model_name) is already stored (a resent batch)."""
+        records whose (request_id, model_name) is already stored (a resent batch) or repeated
+        within the batch."""
         now = time.time_ns()
-        rows = []
+        rows, seen = [], set()
         for record in records:
-            x = shape = None
-            if record.inputs and not record.truncated:
-                try:
-                    row, per_sample = row_from_tensor(record.inputs[0], f"record {record.request_id!r} inputs[0]")
-                    x, shape = row.tobytes(), json.dumps(per_sample)
-                except InvalidSampleError as e:  # keep what was served; it just has no features
-                    log.warning("captured %s", e)
-            inputs = trainer_pb2.Sample(inputs=record.inputs).SerializeToString()
-            probs = np.asarray(record.probabilities, dtype=np.float32).tobytes()
-            nbytes = len(inputs) + len(x or b"") + len(probs)
-            rows.append((record.request_id, record.model_name, record.model_version,
-                         record.timestamp_ns or now, now, inputs, x, shape, probs, record.predicted_class,
-                         record.confidence, record.margin, int(record.truncated), nbytes))
+            key = (record.request_id, record.model_name)
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(_captured_row(record, now))
         stored = 0
         with self._lock:
             try:
                 with self._transaction():
-                    insert = ("INSERT OR IGNORE INTO samples (pool, request_id, model_name, model_version, "
-                              "timestamp_ns, arrived_ns, inputs, x, x_shape, probabilities, predicted_class, confidence, "
-                              "margin, truncated, nbytes) "
-                              "VALUES ('unlabeled', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-                    for row in rows:
-                        if self._con.execute(insert, row).rowcount:
-                            stored += 1
-                            self._counts["bytes"] += row[-1]
+                    existing = self._existing(list(seen))
+                    new_rows = [r for r in rows if (r[0], r[1]) not in existing]
+                    self._con.executemany(
+                        "INSERT INTO samples (pool, request_id, model_name, model_version, timestamp_ns, arrived_ns, "
+                        "record, predicted_class, confidence, margin, truncated, nbytes) "
+                        "VALUES ('unlabeled', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        new_rows)
+                    stored = len(new_rows)
+                    self._counts["bytes"] += sum(r[-1] for r in new_rows)
                     self._counts["unlabeled"] += stored
                     evicted = self._evict(now)
             except BaseException:
                 self._recount()  # the transaction rolled back: the in-memory counts must follow
                 raise
             counts = dict(self._counts)
-        duplicates = len(rows) - stored
+        duplicates = len(records) - stored
         self._metrics.stored.inc(stored)
         self._metrics.duplicates.inc(duplicates)
         for reason, n in evicted.items():
             self._metrics.evicted.labels(reason=reason).inc(n)
         self._publish(counts)
         return stored, duplicates
+
+    def _existing(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (request_id, model_name) keys are already stored."""
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(keys), 400):
+            chunk = keys[start:start + 400]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._con.execute(
+                f"SELECT request_id, model_name FROM samples WHERE request_id IN ({marks})",
+                [k[0] for k in chunk]).fetchall())
+        return found & set(keys)
 
     def add_labeled(self, X: np.ndarray, y: np.ndarray, *, split: str) -> int:
         """Add a labeled seed set (split "labeled") or holdout set ("holdout"); returns rows added.
@@ -337,9 +381,9 @@ class SampleStore:
                 if not item.sample.inputs:
                     raise InvalidSampleError(f"items[{i}].sample.inputs is empty")
                 row, per_sample = row_from_tensor(item.sample.inputs[0], f"items[{i}].sample.inputs[0]")
-                inputs = item.sample.SerializeToString()
-                new_rows.append(("feedback", now, now, inputs, row.tobytes(), json.dumps(per_sample), item.label, now,
-                                 len(inputs) + row.nbytes))
+                blob = collector_pb2.CaptureRecord(inputs=item.sample.inputs, timestamp_ns=now).SerializeToString()
+                new_rows.append(("feedback", now, now, blob, row.tobytes(), json.dumps(per_sample), item.label, now,
+                                 len(blob) + row.nbytes))
         accepted, unknown = 0, []
         with self._lock, self._transaction():
             for item in items:
@@ -353,7 +397,7 @@ class SampleStore:
                 else:
                     unknown.append(item.request_id)
             self._con.executemany(
-                "INSERT INTO samples (pool, timestamp_ns, arrived_ns, inputs, x, x_shape, label, label_ns, nbytes) "
+                "INSERT INTO samples (pool, timestamp_ns, arrived_ns, record, x, x_shape, label, label_ns, nbytes) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows)
         self._recount_and_publish()
         return accepted + len(new_rows), unknown
@@ -389,17 +433,17 @@ class SampleStore:
         if split not in ARRAY_POOLS:
             raise InvalidSampleError(f"split must be one of {ARRAY_POOLS}, got {split!r}")
         with self._lock:
-            rows = self._con.execute("SELECT x, x_shape, label FROM samples WHERE pool = ? AND x IS NOT NULL "
-                                     "ORDER BY id", (split,)).fetchall()
-        X, keep = _stack([(r[0], r[1]) for r in rows], f"{self.path} pool {split}")
-        y = np.array([r[2] for r in rows], dtype=np.int64)[keep] if rows else np.zeros(0, dtype=np.int64)
+            rows = self._con.execute("SELECT x, x_shape, record, label FROM samples WHERE pool = ? AND "
+                                     "(x IS NOT NULL OR truncated = 0) ORDER BY id", (split,)).fetchall()
+        X, keep = _stack([_features(r[0], r[1], r[2]) for r in rows], f"{self.path} pool {split}")
+        y = np.array([r[3] for r in rows], dtype=np.int64)[keep] if rows else np.zeros(0, dtype=np.int64)
         return X, y
 
     def unlabeled_arrays(self, *, limit: int | None = None,
                          model_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(sample ids int64, X float32) of captured samples without a true label, newest first
         (all of them when `limit` is None), optionally of one model."""
-        sql = "SELECT id, x, x_shape FROM samples WHERE pool = 'unlabeled' AND x IS NOT NULL"
+        sql = "SELECT id, x, x_shape, record FROM samples WHERE pool = 'unlabeled' AND truncated = 0"
         args: list[object] = []
         if model_name is not None:
             sql += " AND model_name = ?"
@@ -410,7 +454,7 @@ class SampleStore:
             args.append(int(limit))
         with self._lock:
             rows = self._con.execute(sql, args).fetchall()
-        X, keep = _stack([(r[1], r[2]) for r in rows], f"{self.path} unlabeled pool")
+        X, keep = _stack([_features(r[1], r[2], r[3]) for r in rows], f"{self.path} unlabeled pool")
         ids = np.array([r[0] for r in rows], dtype=np.int64)[keep] if rows else np.zeros(0, dtype=np.int64)
         return ids, X
 
@@ -418,7 +462,7 @@ class SampleStore:
                              model_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(sample ids int64, probabilities float32 (n, classes)) the service answered for the
         unlabeled pool, newest first; rows with another class count than the newest are left out."""
-        sql = "SELECT id, probabilities FROM samples WHERE pool = 'unlabeled' AND length(probabilities) > 0"
+        sql = "SELECT id, record FROM samples WHERE pool = 'unlabeled' AND record IS NOT NULL"
         args: list[object] = []
         if model_name is not None:
             sql += " AND model_name = ?"
@@ -429,12 +473,14 @@ class SampleStore:
             args.append(int(limit))
         with self._lock:
             rows = self._con.execute(sql, args).fetchall()
-        if not rows:
+        parsed = [(r[0], collector_pb2.CaptureRecord.FromString(r[1]).probabilities) for r in rows]
+        parsed = [(i, p) for i, p in parsed if len(p)]
+        if not parsed:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-        width = len(rows[0][1])
-        kept = [r for r in rows if len(r[1]) == width]
-        probs = np.frombuffer(b"".join(r[1] for r in kept), dtype=np.float32).reshape(len(kept), width // 4)
-        return np.array([r[0] for r in kept], dtype=np.int64), probs.copy()
+        width = len(parsed[0][1])
+        kept = [(i, p) for i, p in parsed if len(p) == width]
+        probs = np.array([list(p) for _, p in kept], dtype=np.float32).reshape(len(kept), width)
+        return np.array([i for i, _ in kept], dtype=np.int64), probs
 
     def samples_by_id(self, ids: Sequence[int]) -> list[StoredSample]:
         """The stored samples with these ids, in the order asked (missing ids are skipped)."""
@@ -444,12 +490,12 @@ class SampleStore:
                 chunk = [int(i) for i in ids[start:start + 500]]
                 marks = ",".join("?" * len(chunk))
                 for row in self._con.execute(
-                        f"SELECT id, request_id, model_version, probabilities, predicted_class, inputs "
+                        f"SELECT id, request_id, model_version, predicted_class, record "
                         f"FROM samples WHERE id IN ({marks})", chunk):
-                    sample = trainer_pb2.Sample.FromString(row[5] or b"")
+                    record = collector_pb2.CaptureRecord.FromString(row[4] or b"")
                     found[row[0]] = StoredSample(row[0], row[1] or "", row[2],
-                                                 np.frombuffer(row[3] or b"", dtype=np.float32).copy(),
-                                                 int(row[4] if row[4] is not None else -1), list(sample.inputs))
+                                                 np.array(record.probabilities, dtype=np.float32),
+                                                 int(row[3] if row[3] is not None else -1), list(record.inputs))
         return [found[int(i)] for i in ids if int(i) in found]
 
     def pseudo_labels(self) -> dict[int, int]:
@@ -472,7 +518,7 @@ class SampleStore:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _transaction(self) -> "_Transaction":
+    def _transaction(self) -> _Transaction:
         return _Transaction(self._con)
 
     def _recount(self) -> None:

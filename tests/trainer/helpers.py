@@ -18,8 +18,8 @@ from trainer.settings import TrainerSettings
 
 
 def trainer_settings(tmp_path: Path, **overrides) -> TrainerSettings:
-    values = dict(store=tmp_path / "store.db", grpc_port=0, metrics_port=0, self_training=False,
-                  model_repository=tmp_path / "repo", reports_dir=tmp_path / "reports", model_name="classifier")
+    values = {"store": tmp_path / "store.db", "grpc_port": 0, "metrics_port": 0, "self_training": False,
+              "model_repository": tmp_path / "repo", "reports_dir": tmp_path / "reports", "model_name": "classifier"}
     values.update(overrides)
     return TrainerSettings(**values)
 

@@ -190,8 +190,9 @@ def _start_trainer_process(store: Path, port: int, workdir: Path) -> subprocess.
     cmd = [sys.executable, "-m", "pseudoserve", "trainer", "--store", str(store), "--grpc-port", str(port),
            "--metrics-port", "0", "--no-self-training", "--ready-file", str(ready), "--model-repository",
            str(workdir / "repo"), "--log-level", "WARNING"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(workdir / "trainer.log", "ab"),
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open(workdir / "trainer.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 30
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

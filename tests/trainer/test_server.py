@@ -4,6 +4,7 @@ refused in collector-only mode, ListRounds), bearer tokens, health, metrics and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import urllib.request
@@ -185,10 +186,13 @@ async def test_health_metrics_and_reports_over_http(trainer, tmp_path: Path) -> 
     (tmp_path / "reports" / "round-1").mkdir(parents=True)
     (tmp_path / "reports" / "round-1" / "index.html").write_text("<h1>round 1</h1>")
     base = f"http://127.0.0.1:{trainer.metrics_port}"
-    metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+    def get(url: str) -> str:
+        return urllib.request.urlopen(url, timeout=10).read().decode()
+
+    metrics = await asyncio.to_thread(get, f"{base}/metrics")
     assert 'pseudoserve_trainer_samples{pool="unlabeled"} 3.0' in metrics
     assert "pseudoserve_trainer_stored_total 3.0" in metrics
-    page = urllib.request.urlopen(f"{base}/reports/round-1/", timeout=10).read().decode()
+    page = await asyncio.to_thread(get, f"{base}/reports/round-1/")
     assert "round 1" in page
     with pytest.raises(urllib.error.HTTPError):
-        urllib.request.urlopen(f"{base}/reports/../store.db", timeout=10)
+        await asyncio.to_thread(get, f"{base}/reports/../store.db")

@@ -47,14 +47,14 @@ class Trainer:
         self.store, self.port, self.workdir = store, port, workdir
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> "Trainer":
+    def start(self, timeout: float = 60.0) -> Trainer:
         ready = self.workdir / f"trainer-{time.monotonic_ns()}.json"
-        log = open(self.workdir / "trainer.log", "ab")
         cmd = [str(PSEUDOSERVE), "trainer", "--store", str(self.store), "--grpc-port", str(self.port),
                "--metrics-port", "0", "--no-self-training", "--model-repository", str(self.workdir / "models"),
                "--ready-file", str(ready)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+        with open(self.workdir / "trainer.log", "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -120,7 +120,7 @@ def _metric(port: int, name: str, labels: str = "") -> float:
 
 def _status(trainer: Trainer) -> dict:
     out = subprocess.run([str(PSEUDOSERVE), "status", "--address", f"127.0.0.1:{trainer.port}"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

@@ -1,0 +1,144 @@
+"""Capture benchmark: serving throughput at concurrency 8 with capture on (sampling 1.0, streaming
+every request to a real collector-only trainer) against capture off, in one run.
+
+    .venv/bin/python bench/capture.py [--trials 5] [--duration 4] [--concurrency 8] [--out bench/results/capture.json]
+
+Two `pseudoserve serve` processes on the same model (MLP 64->256->256->10 of ANCHORS.md, the
+config of bench/serving.py) run side by side: one without a trainer address, one with
+`--trainer-address` of a `pseudoserve trainer --no-self-training` writing a real SQLite store.
+Trials alternate on/off (and swap the order every trial) so drifting background load on this
+shared machine hits both alike; each trial drives one server with bench/serving.py's closed-loop
+Python grpc.aio client (the same pre-serialised 256-byte ModelInfer request). Reported: the median
+of the per-trial ratios on/off (target >= 0.95), each server's CPU per request, the trainer's CPU
+per stored record, and the capture counters (captured, acknowledged, dropped) of the "on" server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc
+import numpy as np
+
+from bench.serving import (
+    CONFIG,
+    MODEL,
+    _cpu_seconds,
+    _start,
+    _stop,
+    drive,
+    infer_payload,
+)
+
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+PSEUDOSERVE = ROOT / ".venv" / "bin" / "pseudoserve"
+
+
+def _metrics(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(("pseudoserve_capture_", "pseudoserve_trainer_")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=5, help="on/off pairs")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per trial")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "capture.json")
+    args = parser.parse_args()
+
+    from tests.fixtures.onnx_models import write_version
+
+    payload = infer_payload()
+    results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                 "python": platform.python_version(), "grpcio": grpc.__version__},
+                     "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                     "concurrency": args.concurrency, "duration_s": args.duration, "trials": []}
+    with tempfile.TemporaryDirectory(prefix="pseudoserve-bench-capture-") as tmp_name:
+        tmp = Path(tmp_name)
+        repo = tmp / "models"
+        write_version(repo, MODEL, 1, config=CONFIG)
+        trainer, tinfo = _start([str(PSEUDOSERVE), "trainer", "--store", str(tmp / "store.db"), "--no-self-training",
+                                 "--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "0",
+                                 "--log-level", "WARNING", "--ready-file", str(tmp / "trainer.json")],
+                                tmp / "trainer.json", tmp / "trainer.log")
+        servers: dict[str, tuple] = {}
+        try:
+            common = [str(PSEUDOSERVE), "serve", "--model-repository", str(repo), "--grpc-port", "0",
+                      "--metrics-port", "0", "--log-level", "WARNING"]
+            servers["off"] = _start([*common, "--ready-file", str(tmp / "off.json")], tmp / "off.json", tmp / "off.log")
+            servers["on"] = _start([*common, "--trainer-address", f"127.0.0.1:{tinfo['grpc_port']}",
+                                    "--capture-sampling", "1.0", "--ready-file", str(tmp / "on.json")],
+                                   tmp / "on.json", tmp / "on.log")
+            trainer_cpu0 = _cpu_seconds(trainer.pid)
+            for trial in range(args.trials):
+                order = ("off", "on") if trial % 2 == 0 else ("on", "off")
+                row = {}
+                for mode in order:
+                    proc, info = servers[mode]
+                    r = drive(f"127.0.0.1:{info['grpc_port']}", METHOD, payload, args.concurrency, args.duration,
+                              server_pid=proc.pid)
+                    row[mode] = r
+                    print(f"trial {trial + 1} capture {mode:3s}: {r['throughput']:7.0f} infer/s "
+                          f"p50 {r['p50_us']:5.0f} µs  server CPU {r['server_cpu_us']:4.0f} µs/req", flush=True)
+                row["ratio"] = row["on"]["throughput"] / row["off"]["throughput"]
+                results["trials"].append(row)
+            on_info = servers["on"][1]
+            deadline = time.monotonic() + 60  # let the last batches be acknowledged
+            while True:
+                m = _metrics(on_info["metrics_port"])
+                if m.get("pseudoserve_capture_queue_depth", 0) == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            trainer_cpu = _cpu_seconds(trainer.pid) - trainer_cpu0
+            tm = _metrics(tinfo["metrics_port"])
+        finally:
+            for proc, _ in servers.values():
+                _stop(proc)
+            _stop(trainer)
+
+    ratios = [t["ratio"] for t in results["trials"]]
+    captured = sum(v for k, v in m.items() if k.startswith("pseudoserve_capture_records_total"))
+    stored = tm.get("pseudoserve_trainer_stored_total", 0.0)
+    results["summary"] = {
+        "median_ratio": float(np.median(ratios)), "min_ratio": float(min(ratios)), "max_ratio": float(max(ratios)),
+        "off_median_throughput": float(np.median([t["off"]["throughput"] for t in results["trials"]])),
+        "on_median_throughput": float(np.median([t["on"]["throughput"] for t in results["trials"]])),
+        "off_server_cpu_us": float(np.median([t["off"]["server_cpu_us"] for t in results["trials"]])),
+        "on_server_cpu_us": float(np.median([t["on"]["server_cpu_us"] for t in results["trials"]])),
+        "captured": captured, "acknowledged": m.get("pseudoserve_capture_acknowledged_total", 0.0),
+        "dropped": {k: v for k, v in m.items() if k.startswith("pseudoserve_capture_dropped_total")},
+        "trainer_stored": stored, "trainer_cpu_us_per_record": trainer_cpu / max(stored, 1) * 1e6,
+    }
+    s = results["summary"]
+    print(f"\n| capture | infer/s (median of {args.trials}) | server CPU µs/req |\n|---|---|---|")
+    print(f"| off | {s['off_median_throughput']:.0f} | {s['off_server_cpu_us']:.0f} |")
+    print(f"| on (sampling 1.0) | {s['on_median_throughput']:.0f} | {s['on_server_cpu_us']:.0f} |")
+    print(f"\nratio on/off per trial: {', '.join(f'{r:.3f}' for r in ratios)}; median {s['median_ratio']:.3f} "
+          f"(target >= 0.95: {'met' if s['median_ratio'] >= 0.95 else 'MISSED'})")
+    print(f"captured {s['captured']:.0f}, acknowledged {s['acknowledged']:.0f}, trainer stored {stored:.0f} "
+          f"({s['trainer_cpu_us_per_record']:.0f} µs trainer CPU per record), dropped {s['dropped']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
