@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo bench protos prometheus lint clean
+.PHONY: setup test test-fast demo bench protos docs prometheus lint clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,9 @@ bench: setup
 
 protos: setup
 	PYTHON=$(BIN)/python protos/regenerate.sh
+
+docs: setup
+	$(BIN)/python -m pseudoserve.settings_doc docs/operations.md
 
 lint: setup
 	$(BIN)/ruff check pseudoserve service trainer tests bench

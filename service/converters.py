@@ -35,7 +35,13 @@ def infer_request_from_proto(request: pb.ModelInferRequest) -> InferRequest:
             shape = tuple(tensor.shape)
             inputs.append(InferInput(tensor.name, tensor.datatype, shape, _decode_contents(tensor, shape)))
     requested = [o.name for o in request.outputs]
-    return InferRequest(request.model_name, request.model_version, request.id, inputs, requested, bool(raw))
+    capture = True
+    if "capture" in request.parameters:  # opt-out of capture (e.g. evaluation traffic)
+        param = request.parameters["capture"]
+        if param.WhichOneof("parameter_choice") != "bool_param":
+            raise InvalidArgument("parameters['capture']: expected a bool_param")
+        capture = param.bool_param
+    return InferRequest(request.model_name, request.model_version, request.id, inputs, requested, bool(raw), capture)
 
 
 def _decode_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[int, ...]) -> np.ndarray:

@@ -126,7 +126,7 @@ class DataPlane:
             outputs = [InferOutput(specs[i].name, specs[i].datatype, computed[i]) for i in positions]
         request_id = request.id or uuid.uuid4().hex
         capture = self.capture
-        if capture is not None:
+        if capture is not None and request.capture:
             capture.offer(request_id, name, mv.version_str,
                           [(t.name, t.datatype, list(t.shape), t.raw if t.raw is not None else encode_raw(t.data))
                            for t in request.inputs],

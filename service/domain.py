@@ -29,6 +29,7 @@ class InferRequest:
     inputs: list[InferInput]
     outputs: list[str] = field(default_factory=list)
     raw_outputs: bool = True
+    capture: bool = True  # False: the request parameter `capture: false` opts out of capture
 
 
 @dataclass(slots=True)
