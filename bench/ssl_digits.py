@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--config", type=Path, help="engine YAML (default: bench/ssl_digits.yaml)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ssl_digits.jsonl"))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP spin-waiting when the cores are shared)")
     parser.add_argument("--fresh", action="store_true", help="ignore previous results in --out")
     args = parser.parse_args()
 

@@ -99,16 +99,33 @@ def teacher_predictions(teacher: Classifier, X: np.ndarray, *, views: int, seed:
     return (proba / (views + 1)).astype(np.float32)
 
 
-def _graph_features(teacher: Classifier, X: np.ndarray, kind: str) -> np.ndarray:
+def _graph_features(teacher: Classifier, X_lab: np.ndarray, X_pool: np.ndarray, kind: str,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm kNN-graph features of labeled and pool samples (`graph_features`).
+
+    The input part is reduced by PCA to 64 dimensions when it is larger (28x28 images), which keeps
+    the kNN search on a large pool cheap and loses little: pixel space is only the fallback view.
+    """
     def unit(a: np.ndarray) -> np.ndarray:
         a = a.reshape(len(a), -1).astype(np.float32)
         return a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-8)
 
+    def inputs() -> tuple[np.ndarray, np.ndarray]:
+        A = np.concatenate([X_lab, X_pool]).reshape(len(X_lab) + len(X_pool), -1)
+        if A.shape[1] > 64 and len(A) > 64:
+            from sklearn.decomposition import PCA
+            A = PCA(64, svd_solver="randomized", random_state=seed).fit_transform(A)
+        A = unit(A)
+        return A[:len(X_lab)], A[len(X_lab):]
+
     if kind == "input":
-        return unit(X)
+        return inputs()
+    emb_lab, emb_pool = unit(teacher.embed(X_lab)), unit(teacher.embed(X_pool))
     if kind == "embedding":
-        return unit(teacher.embed(X))
-    return np.concatenate([unit(teacher.embed(X)), unit(X)], axis=1) / np.sqrt(2.0)
+        return emb_lab, emb_pool
+    in_lab, in_pool = inputs()
+    r2 = np.sqrt(2.0)
+    return np.concatenate([emb_lab, in_lab], 1) / r2, np.concatenate([emb_pool, in_pool], 1) / r2
 
 
 def _synthesize(gen, counts: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -165,9 +182,8 @@ def run_round(*, teacher: Classifier, teacher_proba: np.ndarray | None, labeled:
     t = time.perf_counter()
     kwargs: dict = {}
     if settings.pseudo_labeler == "graph":
-        kwargs = dict(labeled_features=_graph_features(teacher, X_lab, settings.graph_features),
-                      pool_features=_graph_features(teacher, X_pool, settings.graph_features),
-                      k=settings.graph_k, alpha=settings.graph_alpha, teacher_weight=settings.graph_teacher_weight)
+        feats_lab, feats_pool = _graph_features(teacher, X_lab, X_pool, settings.graph_features, seed)
+        kwargs = dict(labeled_features=feats_lab, pool_features=feats_pool, k=settings.graph_k, alpha=settings.graph_alpha, teacher_weight=settings.graph_teacher_weight)
     proposal = get_labeler(settings.pseudo_labeler)(teacher_proba=teacher_proba, labeled_y=y_lab,
                                                    n_classes=n_classes, **kwargs)
     proba, weight = proposal.proba, proposal.weight

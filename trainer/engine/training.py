@@ -5,7 +5,10 @@ the (weighted) pseudo-labeled ones, applies the weak augmentation and dropout (t
 noise, Noisy Student, Xie et al. 2020), and optionally adds a FixMatch consistency term (Sohn et
 al. 2020) on the unlabeled pool: the model's own prediction on a weak view, when confident, is the
 target for a strong view. AdamW with a one-cycle schedule; the number of steps is the epochs over
-the larger of the training set and the pool, clipped to [min_steps, max_steps]. A student starts
+the larger of the training set and the pool, clipped to [min_steps, max_steps]; with
+`labeled_batch_fraction` > 0 that share of every batch comes from the labeled samples (as the
+separate labeled batch of FixMatch), so a large pseudo-labeled set cannot drown the labels;
+with `ema_decay` > 0 the returned weights are the exponential moving average of the trajectory. A student starts
 from scratch or from a copy of the teacher's weights (`student_init`).
 """
 
@@ -77,8 +80,16 @@ def train_model(labeled: tuple[np.ndarray, np.ndarray], *, n_classes: int, setti
     opt = torch.optim.AdamW(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps)
     report_every = max(1, steps // 20)
+    # weight averaging is for students; a bootstrap on a few labels is too short a run for it
+    ema = copy.deepcopy(module) if settings.ema_decay > 0 and len(xs) > len(X_lab) else None
+    n_lab_batch = int(round(settings.labeled_batch_fraction * settings.batch_size))
     for step in range(steps):
-        idx = torch.randint(0, len(xs), (settings.batch_size,), generator=g).to(device)
+        if n_lab_batch and len(xs) > len(X_lab):
+            idx = torch.cat([torch.randint(0, len(X_lab), (n_lab_batch,), generator=g),
+                             torch.randint(len(X_lab), len(xs), (settings.batch_size - n_lab_batch,), generator=g)])
+        else:
+            idx = torch.randint(0, len(xs), (settings.batch_size,), generator=g)
+        idx = idx.to(device)
         logits = module(aug.weak(xs[idx], g))
         loss = (F.cross_entropy(logits, ys[idx], reduction="none") * ws[idx]).mean()
         if xu is not None:
@@ -93,8 +104,16 @@ def train_model(labeled: tuple[np.ndarray, np.ndarray], *, n_classes: int, setti
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), module.parameters()):
+                    e.lerp_(p, 1.0 - settings.ema_decay)
+                for e, b in zip(ema.buffers(), module.buffers()):
+                    e.copy_(b)
         if progress is not None and ((step + 1) % report_every == 0 or step + 1 == steps):
             progress(task, step + 1, steps)
+    if ema is not None:
+        module = ema  # weight averaging: a smoother, usually better-generalizing model (mean teacher)
     module.eval()
     return Classifier(module=module, sample_shape=sample_shape, n_classes=n_classes, arch=arch,
                       batch_size=settings.eval_batch_size, info={"steps": steps, "seed": seed})
