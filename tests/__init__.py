@@ -1,0 +1,1 @@
+"""pseudoserve tests; tests/triton runs in its own pytest process (see Makefile)."""
