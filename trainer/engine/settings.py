@@ -119,10 +119,11 @@ class EngineSettings(BaseSettings):
     ood_quantile: float = Field(0.99, gt=0.5, le=1.0)
     """OOD cut: scores above this quantile of the labeled (in-distribution) scores are rejected."""
     ood_fit: Literal["labeled", "all", "trimmed"] = "trimmed"
-    """Generator training set: labeled only, labeled + pool, or labeled + pool refitted without the
-    pool's most anomalous `ood_trim` share (robust to OOD traffic inside the pool)."""
-    ood_trim: float = Field(0.3, ge=0.0, lt=1.0)
-    """Share of the pool dropped before the second fit when `ood_fit` is `trimmed`."""
+    """Generator training set: labeled only, labeled + pool, or `trimmed`: labeled first, then
+    continued on labeled + the pool samples that model scores as in-distribution."""
+    ood_trim: float = Field(0.05, ge=0.0, lt=1.0)
+    """`trimmed`: pool samples scoring above the (1 - ood_trim) quantile of the labels' scores stay
+    out of the second fit."""
     denoise: bool = False
     """Train the student on VAE reconstructions of the pseudo-labeled samples (VAE/CVAE only)."""
     synthetic_per_class: int = Field(0, ge=0)
