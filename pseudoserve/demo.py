@@ -268,14 +268,13 @@ def _drive(console, Live, Table, args, split: Split, model: str, workdir: Path, 
 
     def table() -> Table:
         t = Table(title=f"pseudoserve demo ({time.monotonic() - started:.0f} s)")
-        for col in ("round", "outcome", "version", "holdout acc", "test acc (served)", "pseudo-labels acc/rej", "reason"):
-            t.add_column(col)
-        t.add_row("-", "bootstrap", "1", "", f"{test_acc.get('1', float('nan')):.3f}", "", "")
+        for col in ("round", "outcome", "served", "holdout: teacher → student", "test acc", "pseudo-labels acc/rej"):
+            t.add_column(col, no_wrap=True)
+        t.add_row("-", "bootstrap", "v1", "", f"{test_acc.get('1', float('nan')):.3f}", "")
         for r in control.ListRounds(trainer_pb2.ListRoundsRequest(), timeout=10).rounds:
             v = r.student_version if r.outcome == "promoted" else r.teacher_version
-            t.add_row(str(r.round), r.outcome, v, f"{r.teacher_holdout_accuracy:.3f} → {r.student_holdout_accuracy:.3f}",
-                      f"{test_acc[v]:.3f}" if v in test_acc else "", f"{r.pseudo_labels_accepted}/{r.pseudo_labels_rejected}",
-                      r.reason[:50])
+            t.add_row(str(r.round), r.outcome, f"v{v}", f"{r.teacher_holdout_accuracy:.3f} → {r.student_holdout_accuracy:.3f}",
+                      f"{test_acc[v]:.3f}" if v in test_acc else "", f"{r.pseudo_labels_accepted}/{r.pseudo_labels_rejected}")
         t.caption = f"requests served {counters.sent + busy.sent - counters.failed - busy.failed}, failed {counters.failed + busy.failed}"
         return t
 
@@ -302,7 +301,8 @@ def _drive(console, Live, Table, args, split: Split, model: str, workdir: Path, 
             live.update(table())
     status = control.Status(trainer_pb2.StatusRequest(), timeout=10)
     first, final = test_acc.get("1", float("nan")), test_acc[status.active_version or version]
-    console.print(table())
+    for r in control.ListRounds(trainer_pb2.ListRoundsRequest(), timeout=10).rounds:
+        console.print(f"round {r.round} {r.outcome}: {r.reason}")
     console.print(f"[bold]summary[/]: test accuracy v1 {first:.3f} → v{status.active_version} {final:.3f} "
                   f"({len(split.test[0])} test samples, never captured, never labeled)")
     failed, errors = counters.failed + busy.failed, counters.errors + busy.errors

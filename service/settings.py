@@ -69,7 +69,7 @@ class ServerSettings(BaseSettings):
     capture_models: list[str] = []
     """Models whose traffic is captured (empty = all models)."""
     capture_max_record_bytes: int = Field(1_048_576, gt=0)
-    """Requests whose inputs exceed this many bytes are not captured."""
+    """Captured records whose inputs exceed this many bytes are sent without their inputs (truncated)."""
     capture_queue_size: int = Field(10_000, gt=0)
     """Capture records held in memory before new ones are dropped."""
     capture_batch_size: int = Field(256, gt=0)

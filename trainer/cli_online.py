@@ -34,6 +34,8 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
     add("--reports-dir", type=Path, help="folder of the round reports")
     add("--round-interval-seconds", type=float, help="run a round every N seconds (0 = off)")
     add("--round-min-new-samples", type=int, help="run a round after N new samples (0 = off)")
+    add("--drift-threshold", type=float, help="run a round when served confidences drift (KS statistic, 0 = off)")
+    add("--drift-window", type=int, help="samples compared by the drift trigger (default 500)")
     add("--max-samples", type=int, help="retention: most unlabeled samples kept")
     add("--max-bytes", type=int, help="retention: most unlabeled payload bytes kept")
     add("--max-age-seconds", type=float, help="retention: evict unlabeled samples older than this")
@@ -44,12 +46,13 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tls-cert-file", type=Path, help="PEM certificate chain for TLS")
     add("--tls-key-file", type=Path, help="PEM private key for TLS")
     add("--service-tls-ca-file", type=Path, help="CA bundle to verify the service's TLS certificate")
-    add("--log-level", default="INFO", help="logging level (default INFO)")
+    add("--log-level", help="logging level (default INFO)")
 
 
 _SETTING_FLAGS = ("store", "model_repository", "service_address", "model_name", "host", "grpc_port", "metrics_port",
                   "http_port", "labeled_file", "holdout_file", "label_column", "engine_config_file", "reports_dir",
-                  "round_interval_seconds", "round_min_new_samples", "max_samples", "max_bytes", "max_age_seconds",
+                  "round_interval_seconds", "round_min_new_samples", "drift_threshold", "drift_window", "log_level",
+                  "max_samples", "max_bytes", "max_age_seconds",
                   "self_training", "tls_cert_file", "tls_key_file", "service_tls_ca_file")
 
 
@@ -86,8 +89,8 @@ def run_trainer(args: argparse.Namespace) -> int:
     """Run the trainer sidecar until SIGTERM/SIGINT."""
     import asyncio
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = build_settings(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from trainer.server import TrainerStartupError, serve
     from trainer.store import StoreError
 

@@ -185,7 +185,7 @@ class TrainerProcess:
         except ImportError as e:
             raise TrainerStartupError(f"self-training is unavailable ({e}); start with --no-self-training "
                                       "for a collector-only trainer") from e
-        return build_round_runner(self.settings, self.store, self.registry)
+        return build_round_runner(self.settings, self.store, self.registry, self._executor)
 
     def ready_content(self) -> dict[str, int]:
         content = {"pid": os.getpid(), "grpc_port": self.grpc_port, "metrics_port": self.metrics_port}

@@ -66,6 +66,13 @@ class TrainerSettings(BaseSettings):
     """Start a round once this many new unlabeled samples arrived (0 = off)."""
     reports_dir: Path = Path("reports")
     """Folder where round reports are written and served under /reports/."""
+    drift_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    """Start a round when the two-sample KS statistic between the served confidences after the last
+    round and the newest ones reaches this (0 = off; 0.2 is a reasonable start)."""
+    drift_window: int = Field(500, ge=10)
+    """Served samples compared by the drift trigger (reference window and newest window)."""
+    log_level: str = "INFO"
+    """Python logging level name."""
 
     @model_validator(mode="after")
     def _tls_pair(self) -> TrainerSettings:
