@@ -27,7 +27,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -47,10 +46,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 StoreCall = Callable[[Callable[[], T]], Awaitable[T]]
 CHECK_SECONDS = 1.0
+REFRESH_TICKS = 5  # ask the service for its served version every 5 checks
+REFRESH_TIMEOUT = 2.0
 
 
 def build_round_runner(settings: TrainerSettings, store: SampleStore, registry: CollectorRegistry,
-                       store_executor: Executor | None = None) -> "OnlineTrainer":
+                       store_executor: Executor | None = None) -> OnlineTrainer:
     """Called by trainer.server when self-training is enabled."""
     engine = (EngineSettings.from_yaml(settings.engine_config_file) if settings.engine_config_file
               else EngineSettings())
@@ -95,12 +96,13 @@ class OnlineTrainer:
             if added:
                 log.info("seeded the store with labeled data: %s", added)
         self._active = await self._store_call(lambda: self._store.get_state(ACTIVE_VERSION_KEY)) or ""
-        try:
-            served = await self._service.served_version(s.model_name)
-            if served:
-                await self._set_active(served)
-        except ServiceError as exc:  # the service may start after us; rounds check again
-            log.warning("service not reachable at start-up: %s", exc)
+        if not await self._refresh_active():
+            # the service may start after us: until it answers, the newest published version
+            from trainer.publish import version_numbers
+
+            versions = version_numbers(s.model_repository / s.model_name)
+            if not self._active and versions:
+                self._active = str(versions[-1])
         counts = await self._store_call(self._store.counts)
         self._unlabeled_at_last_round = counts["unlabeled"]
         self._task = asyncio.create_task(self._schedule(), name="round-scheduler")
@@ -129,14 +131,29 @@ class OnlineTrainer:
 
     # --- scheduling -----------------------------------------------------------------------------
 
+    async def _refresh_active(self) -> bool:
+        """Ask the service which version it serves (it may have been rolled back or restarted)."""
+        try:
+            served = await self._service.served_version(self._settings.model_name, timeout=REFRESH_TIMEOUT)
+        except ServiceError as exc:
+            log.debug("service not reachable: %s", exc)
+            return False
+        if served and served != self._active:
+            await self._set_active(served)
+        return bool(served)
+
     async def _schedule(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(CHECK_SECONDS)
             if self.in_progress():
                 continue
+            ticks += 1
+            if ticks % REFRESH_TICKS == 1:
+                await self._refresh_active()
             try:
                 reason = await self._due()
-            except Exception:  # noqa: BLE001 - a broken check must not stop the scheduler
+            except Exception:
                 log.exception("round trigger check failed")
                 continue
             if reason:
@@ -218,7 +235,7 @@ class OnlineTrainer:
             else:
                 summary.outcome, summary.reason = "rejected", result.reason
             self._observe(result, summary)
-        except Exception as exc:  # noqa: BLE001 - recorded as a failed round, served model untouched
+        except Exception as exc:
             log.exception("round %d failed", index)
             summary.outcome, summary.reason = "failed", f"{type(exc).__name__}: {exc}"
         summary.duration_seconds = time.perf_counter() - t0

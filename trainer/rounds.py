@@ -46,7 +46,7 @@ class RoundInputs:
     unlabeled_count: int
 
     @classmethod
-    def from_store(cls, store: SampleStore, engine: EngineSettings) -> "RoundInputs":
+    def from_store(cls, store: SampleStore, engine: EngineSettings) -> RoundInputs:
         ids, X = store.unlabeled_arrays()
         X_lab, y_lab = store.labeled_arrays("labeled")
         X_fb, y_fb = store.labeled_arrays("feedback")
@@ -79,7 +79,7 @@ class Teacher:
     feature_names: list[str]
 
     @classmethod
-    def load(cls, repo: Path, model: str, version: str, engine: EngineSettings) -> "Teacher":
+    def load(cls, repo: Path, model: str, version: str, engine: EngineSettings) -> Teacher:
         from trainer.data.preprocess import Preprocessor
         from trainer.publish import load_checkpoint
 
@@ -153,7 +153,7 @@ def _publish(result: RoundResult, teacher: Teacher, inputs: RoundInputs, *, repo
                                      teacher_version=int(teacher.version))
         meta = {"source": "round", "round": round_index, "teacher_version": int(teacher.version),
                 "created": time.time(), "reason": result.reason, "holdout": result.student_eval.to_dict(),
-                "teacher_holdout": result.teacher_eval.to_dict(), "pseudo_labels": int(len(result.accepted_idx)),
+                "teacher_holdout": result.teacher_eval.to_dict(), "pseudo_labels": len(result.accepted_idx),
                 "parity_max_abs_diff": diff}
         sample = parity[:8]
         expected = onnx_predict(onnx_path, sample)
@@ -178,7 +178,7 @@ def _report(result: RoundResult, teacher: Teacher, X_lab: np.ndarray, y_lab: np.
                                   version=published if published is not None else int(teacher.version))
         write_index(Path(reports_dir))
         return path
-    except Exception:  # noqa: BLE001 - reports are for people; the round's outcome stands
+    except Exception:
         log.exception("round %d: writing the report failed", result.round_index)
         return None
 

@@ -54,26 +54,29 @@ class ServiceClient:
             await self._channel.close()
             self._channel, self._stub = None, None
 
-    async def ready_versions(self, model: str) -> list[str]:
-        """Versions of `model` the service reports READY, oldest first."""
+    async def ready_versions(self, model: str, *, timeout: float | None = None) -> list[str]:
+        """Versions of `model` the service reports READY, oldest first. Waits for the channel to be
+        ready (the service may be starting) up to the timeout."""
         try:
             index = await self._rpc().RepositoryIndex(inference_pb2.RepositoryIndexRequest(ready=True),
-                                                      timeout=self._timeout, metadata=self._metadata())
+                                                      timeout=timeout or self._timeout, metadata=self._metadata(),
+                                                      wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise ServiceError(f"RepositoryIndex on {self._address} failed: {exc.code().name}: {exc.details()}") from exc
         versions = [m.version for m in index.models if m.name == model and m.state == "READY" and m.version]
         return sorted(versions, key=int)
 
-    async def served_version(self, model: str) -> str | None:
+    async def served_version(self, model: str, *, timeout: float | None = None) -> str | None:
         """The version a request without an explicit version gets: the newest READY one."""
-        versions = await self.ready_versions(model)
+        versions = await self.ready_versions(model, timeout=timeout)
         return versions[-1] if versions else None
 
     async def load(self, model: str) -> None:
         """RepositoryModelLoad: the service loads and warms new versions, then swaps atomically."""
         try:
             await self._rpc().RepositoryModelLoad(inference_pb2.RepositoryModelLoadRequest(model_name=model),
-                                                  timeout=self._timeout, metadata=self._metadata())
+                                                  timeout=self._timeout, metadata=self._metadata(),
+                                                  wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise ServiceError(f"RepositoryModelLoad({model}) failed: {exc.code().name}: {exc.details()}") from exc
 
@@ -85,7 +88,7 @@ class ServiceClient:
         request.inputs.add(name="input", datatype="FP32", shape=list(X.shape))
         request.raw_input_contents.append(encode_raw(X))
         try:
-            reply = await self._rpc().ModelInfer(request, timeout=self._timeout)
+            reply = await self._rpc().ModelInfer(request, timeout=self._timeout, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise ServiceError(f"ModelInfer({model}) failed: {exc.code().name}: {exc.details()}") from exc
         names = [o.name for o in reply.outputs]
