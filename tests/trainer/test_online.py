@@ -13,6 +13,7 @@ import asyncio
 import socket
 import time
 from pathlib import Path
+from typing import Self
 
 import grpc
 import numpy as np
@@ -92,7 +93,7 @@ class System:
         self.engine_config = engine_config
         self.trainer_overrides = trainer_overrides
 
-    async def __aenter__(self) -> System:
+    async def __aenter__(self) -> Self:
         service_port, trainer_port = _free_port(), _free_port()
         self.service = InferenceServer(make_settings(self.repo, grpc_port=service_port,
                                                      trainer_address=f"127.0.0.1:{trainer_port}"))
