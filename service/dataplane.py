@@ -9,6 +9,7 @@ no pydantic, no copies beyond the decode/encode the protocol needs.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,10 @@ class DataPlane:
         self._on_models_changed = on_models_changed
         self.ready = False
         self._perf_counter = time.perf_counter
+        # Generated request ids: a random per-process prefix and a counter (unique across restarts
+        # with overwhelming probability, and ~10x cheaper than a uuid4 per request).
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._id_counter = itertools.count(1)
 
     # --- server -------------------------------------------------------------------------------
     def live(self) -> bool:
@@ -124,7 +129,7 @@ class DataPlane:
             outputs = [InferOutput(s.name, s.datatype, a) for s, a in zip(specs, computed)]
         else:
             outputs = [InferOutput(specs[i].name, specs[i].datatype, computed[i]) for i in positions]
-        request_id = request.id or uuid.uuid4().hex
+        request_id = request.id or f"{self._id_prefix}{next(self._id_counter):016x}"
         capture = self.capture
         if capture is not None and request.capture:
             capture.offer(request_id, name, mv.version_str,
