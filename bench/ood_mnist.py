@@ -63,7 +63,7 @@ def main() -> None:
     rest = np.setdiff1d(order, lab)
     n_ood = int(args.pool * args.ood_share)
     digits_idx = rng.choice(rest, args.pool - n_ood, replace=False)
-    to_f = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731  (n, 1, 28, 28)
+    to_f = lambda a: (a.astype(np.float32) / 255.0)[:, None]
     X_lab, y_lab = to_f(X[lab]), y[lab]
     pool = np.concatenate([to_f(X[digits_idx]), to_f(letters[rng.choice(len(letters), n_ood, replace=False)])])
     is_ood = np.r_[np.zeros(len(digits_idx), bool), np.ones(n_ood, bool)]
@@ -77,7 +77,7 @@ def main() -> None:
                   epochs=args.epochs, seed=args.seed, max_steps=4000)
     fit_s = time.perf_counter() - t
     scores = gen.ood_scores(pool)
-    reject, cut = ood_reject(scores, gen.ood_scores(X_lab), args.quantile)
+    reject, _cut = ood_reject(scores, gen.ood_scores(X_lab), args.quantile)
     auroc = float((scores[is_ood][:, None] > scores[~is_ood][None, :]).mean())
     result = {"generator": args.generator, "ood_fit": args.ood_fit, "labels": args.labels, "pool": args.pool,
               "ood_share": args.ood_share, "quantile": args.quantile, "letters_rejected": float(reject[is_ood].mean()),

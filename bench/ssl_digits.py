@@ -58,15 +58,15 @@ def sklearn_baselines(X_tr, y_tr, mask, X_te, y_te) -> dict[str, float]:
 def ours(X_tr, y_tr, mask, X_te, y_te, settings, seed: int) -> dict:
     from trainer.engine import self_train
 
-    img = lambda a: a.reshape(-1, 1, 8, 8)  # noqa: E731
+    img = lambda a: a.reshape(-1, 1, 8, 8)
     t = time.perf_counter()
     final, rounds, baseline = self_train(img(X_tr[mask]), y_tr[mask], img(X_tr[~mask]), None, n_classes=10,
                                          settings=settings, seed=seed)
     seconds = time.perf_counter() - t
-    acc = lambda m: float((m.predict_proba(img(X_te)).argmax(1) == y_te).mean())  # noqa: E731
+    acc = lambda m: float((m.predict_proba(img(X_te)).argmax(1) == y_te).mean())
     pool_truth = y_tr[~mask]
     return {"supervised": acc(baseline), "self_train": acc(final), "self_train_seconds": seconds,
-            "rounds": [{"round": r.round_index, "promoted": r.promoted, "accepted": int(len(r.accepted_idx)),
+            "rounds": [{"round": r.round_index, "promoted": r.promoted, "accepted": len(r.accepted_idx),
                         "pseudo_label_accuracy": float((r.pseudo_labels == pool_truth[r.accepted_idx]).mean())
                         if len(r.accepted_idx) else None,
                         "student_test_accuracy": acc(r.student), "threshold": float(np.mean(r.threshold))}

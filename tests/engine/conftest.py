@@ -14,9 +14,8 @@ _spec = importlib.util.find_spec("triton") if "triton" not in sys.modules else N
 if _spec is not None and _spec.origin in (None, "namespace"):
     sys.modules["triton"] = None  # type: ignore[assignment]
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 from trainer.engine import EngineSettings
 

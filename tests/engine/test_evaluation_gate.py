@@ -1,6 +1,10 @@
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
 
 from trainer.engine import EngineSettings, evaluate, gate
 from trainer.engine.evaluation import agreement, expected_calibration_error, stability

@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 
 from trainer.engine import EngineSettings
-from trainer.engine.selection import (align_distribution, balance, classwise_thresholds, get_labeler, get_schedule,
-                                      ood_reject, select_pseudo_labels)
+from trainer.engine.selection import (
+    align_distribution,
+    balance,
+    classwise_thresholds,
+    get_labeler,
+    get_schedule,
+    ood_reject,
+    select_pseudo_labels,
+)
 from trainer.engine.selection.labelers import label_propagation
 
 

@@ -13,5 +13,15 @@ from trainer.engine.self_train import self_train
 from trainer.engine.settings import EngineSettings, SettingsError
 from trainer.engine.training import train_supervised
 
-__all__ = ["EngineSettings", "SettingsError", "Classifier", "train_supervised", "Evaluation", "evaluate", "gate",
-           "RoundResult", "run_round", "self_train"]
+__all__ = [
+           "Classifier",
+           "EngineSettings",
+           "Evaluation",
+           "RoundResult",
+           "SettingsError",
+           "evaluate",
+           "gate",
+           "run_round",
+           "self_train",
+           "train_supervised",
+]

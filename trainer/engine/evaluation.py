@@ -64,7 +64,7 @@ def evaluate(proba: np.ndarray, y: np.ndarray, n_classes: int) -> Evaluation:
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     return Evaluation(accuracy=float((pred == y).mean()) if len(y) else 0.0, precision=p, recall=r, f1=f, support=s,
                       confusion=confusion_matrix(y, pred, labels=labels), ece=expected_calibration_error(proba, y),
-                      n=int(len(y)))
+                      n=len(y))
 
 
 def agreement(teacher_proba: np.ndarray, student_proba: np.ndarray) -> float:

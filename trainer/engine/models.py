@@ -145,7 +145,7 @@ class Classifier:
                 "info": dict(self.info)}
 
     @classmethod
-    def from_state(cls, state: dict, device: str = "cpu") -> "Classifier":
+    def from_state(cls, state: dict, device: str = "cpu") -> Classifier:
         """Rebuild from `state()` (e.g. a `model.pt` checkpoint)."""
         module = build_network(state["arch"])
         module.load_state_dict(state["state_dict"])

@@ -30,7 +30,11 @@ from trainer.engine.evaluation import Evaluation, agreement, evaluate, stability
 from trainer.engine.gate import gate
 from trainer.engine.generative import build_generator, fit_generator
 from trainer.engine.models import Classifier, resolve_device
-from trainer.engine.selection import align_distribution, get_labeler, select_pseudo_labels
+from trainer.engine.selection import (
+    align_distribution,
+    get_labeler,
+    select_pseudo_labels,
+)
 from trainer.engine.settings import EngineSettings
 from trainer.engine.training import Progress, train_model
 
@@ -67,11 +71,11 @@ class RoundResult:
         return {
             "round": self.round_index, "promoted": self.promoted, "reason": self.reason,
             "holdout_source": self.holdout_source, "teacher": self.teacher_eval.to_dict(),
-            "student": self.student_eval.to_dict(), "threshold": thr, "pool_size": int(len(self.pool_confidences)),
-            "accepted": int(len(self.accepted_idx)), "rejected": dict(self.rejected),
+            "student": self.student_eval.to_dict(), "threshold": thr, "pool_size": len(self.pool_confidences),
+            "accepted": len(self.accepted_idx), "rejected": dict(self.rejected),
             "pseudo_label_counts": np.bincount(self.pseudo_labels, minlength=self.student.n_classes).tolist(),
             "agreement": self.agreement, "stability": self.stability,
-            "synthetic": int(len(self.synthetic[1])) if self.synthetic is not None else 0,
+            "synthetic": len(self.synthetic[1]) if self.synthetic is not None else 0,
             "synthetic_effect": self.synthetic_effect, "timings": dict(self.timings),
         }
 
@@ -183,7 +187,7 @@ def run_round(*, teacher: Classifier, teacher_proba: np.ndarray | None, labeled:
     kwargs: dict = {}
     if settings.pseudo_labeler == "graph":
         feats_lab, feats_pool = _graph_features(teacher, X_lab, X_pool, settings.graph_features, seed)
-        kwargs = dict(labeled_features=feats_lab, pool_features=feats_pool, k=settings.graph_k, alpha=settings.graph_alpha, teacher_weight=settings.graph_teacher_weight)
+        kwargs = {"labeled_features": feats_lab, "pool_features": feats_pool, "k": settings.graph_k, "alpha": settings.graph_alpha, "teacher_weight": settings.graph_teacher_weight}
     proposal = get_labeler(settings.pseudo_labeler)(teacher_proba=teacher_proba, labeled_y=y_lab,
                                                    n_classes=n_classes, **kwargs)
     proba, weight = proposal.proba, proposal.weight
@@ -232,7 +236,7 @@ def run_round(*, teacher: Classifier, teacher_proba: np.ndarray | None, labeled:
                               unlabeled=None, init=teacher, task=f"round {round_index} student without synthetic")
         synthetic_effect = {"holdout_accuracy_with": student_eval.accuracy,
                             "holdout_accuracy_without": evaluate(without.predict_proba(X_h), y_h, n_classes).accuracy,
-                            "n_synthetic": int(len(synthetic[1]))}
+                            "n_synthetic": len(synthetic[1])}
     promoted, reason = gate(teacher_eval, student_eval, settings, class_names)
     if holdout_source != "holdout":
         reason += f" [gate evaluated on the {holdout_source}]"

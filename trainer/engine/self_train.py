@@ -24,7 +24,7 @@ def split_holdout(X: np.ndarray, y: np.ndarray, fraction: float, seed: int):
     """Stratified (when every class has 2+ samples) split -> (X_train, y_train), (X_hold, y_hold)."""
     counts = np.bincount(y)
     stratify = y if counts[counts > 0].min() >= 2 else None
-    n_hold = max(1, int(round(fraction * len(y))))
+    n_hold = max(1, round(fraction * len(y)))
     if stratify is not None:
         n_hold = max(n_hold, int((counts > 0).sum()))
     if n_hold >= len(y):

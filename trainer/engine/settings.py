@@ -161,13 +161,13 @@ class EngineSettings(BaseSettings):
     """Batch size of inference passes (predict_proba, embeddings)."""
 
     @model_validator(mode="after")
-    def _check_thresholds(self) -> "EngineSettings":
+    def _check_thresholds(self) -> EngineSettings:
         if self.threshold_end > self.threshold_start:
             raise ValueError(f"threshold_end ({self.threshold_end}) must be <= threshold_start ({self.threshold_start})")
         return self
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "EngineSettings":
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> EngineSettings:
         """Settings from a YAML mapping; env vars and `overrides` win over the file."""
         path = Path(path)
         try:

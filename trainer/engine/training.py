@@ -23,7 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from trainer.engine.augment import augmenter_for
-from trainer.engine.models import Classifier, architecture, build_network, resolve_device
+from trainer.engine.models import (
+    Classifier,
+    architecture,
+    build_network,
+    resolve_device,
+)
 from trainer.engine.settings import EngineSettings
 
 Progress = Callable[[str, int, int], None]
@@ -82,7 +87,7 @@ def train_model(labeled: tuple[np.ndarray, np.ndarray], *, n_classes: int, setti
     report_every = max(1, steps // 20)
     # weight averaging is for students; a bootstrap on a few labels is too short a run for it
     ema = copy.deepcopy(module) if settings.ema_decay > 0 and len(xs) > len(X_lab) else None
-    n_lab_batch = int(round(settings.labeled_batch_fraction * settings.batch_size))
+    n_lab_batch = round(settings.labeled_batch_fraction * settings.batch_size)
     for step in range(steps):
         if n_lab_batch and len(xs) > len(X_lab):
             idx = torch.cat([torch.randint(0, len(X_lab), (n_lab_batch,), generator=g),

@@ -21,7 +21,7 @@ from trainer.engine.generative.vae import CVAE, VAE
 GENERATORS: dict[str, type[Generator]] = {"vae": VAE, "cvae": CVAE, "gan": GAN, "cgan": CGAN}
 VALID = ["none", *GENERATORS]
 
-__all__ = ["Generator", "GENERATORS", "build_generator", "fit_generator", "VAE", "CVAE", "GAN", "CGAN"]
+__all__ = ["CGAN", "CVAE", "GAN", "GENERATORS", "VAE", "Generator", "build_generator", "fit_generator"]
 
 
 def build_generator(name: str, sample_shape: tuple[int, ...], n_classes: int, *, latent_size: int, hidden: int,

@@ -10,6 +10,7 @@ on the flattened input with a linear output and a squared-error likelihood, whic
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -23,7 +24,7 @@ Progress = Callable[[str, int, int], None]
 
 def mlp(sizes: list[int], final_activation: nn.Module | None = None) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.LeakyReLU(0.2))
@@ -68,7 +69,7 @@ class Generator(ABC):
         return None
 
     def fit(self, X: np.ndarray, y: np.ndarray | None, *, epochs: int, seed: int, batch_size: int = 128,
-            max_steps: int = 4000, progress: Progress | None = None) -> "Generator":
+            max_steps: int = 4000, progress: Progress | None = None) -> Generator:
         """Train on `X` (n, *sample_shape); conditional generators need `y` (n,) and use rows with y >= 0."""
         X = np.asarray(X, np.float32).reshape(len(X), -1)
         if self.conditional:

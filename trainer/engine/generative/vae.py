@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from trainer.engine.generative.base import Generator, mlp, one_hot
 

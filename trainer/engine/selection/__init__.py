@@ -23,8 +23,18 @@ from trainer.engine.selection.ood import ood_reject
 from trainer.engine.selection.schedules import SCHEDULES, get_schedule
 from trainer.engine.settings import EngineSettings
 
-__all__ = ["Selection", "select_pseudo_labels", "align_distribution", "balance", "classwise_thresholds",
-           "ood_reject", "LABELERS", "get_labeler", "SCHEDULES", "get_schedule"]
+__all__ = [
+    "LABELERS",
+    "SCHEDULES",
+    "Selection",
+    "align_distribution",
+    "balance",
+    "classwise_thresholds",
+    "get_labeler",
+    "get_schedule",
+    "ood_reject",
+    "select_pseudo_labels",
+]
 
 
 @dataclass
