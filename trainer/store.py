@@ -596,7 +596,10 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is not None:
-            self._con.execute("ROLLBACK")
+            # SQLite has already rolled back after some errors (SQLITE_FULL, SQLITE_IOERR): a
+            # second ROLLBACK would raise and hide the real error
+            if self._con.in_transaction:
+                self._con.execute("ROLLBACK")
             return
         try:
             self._con.execute("COMMIT")
