@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "--metrics-port": ("metrics_port", int, "Prometheus /metrics port (default 8002; 0 = any free port)"),
     "--ready-file": ("ready_file", Path, 'write {"pid","grpc_port","metrics_port"} here once serving'),
     "--log-level": ("log_level", str, "DEBUG, INFO, WARNING, ERROR"),
+    "--log-format": ("log_format", str, "text (default) or json (one JSON object per line)"),
     "--trainer-address": ("trainer_address", str, "host:port of the trainer's Collector (enables capture)"),
     "--capture-sampling": ("capture_sampling", float, "fraction of requests captured (0 disables)"),
     "--repository-poll-seconds": ("repository_poll_seconds", float, "poll the repository every N s (0 = off)"),
@@ -64,7 +64,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"pseudoserve serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     if not settings.model_repository.is_dir():
         print(f"pseudoserve serve: model repository {settings.model_repository} is not a folder", file=sys.stderr)
         return 2

@@ -31,6 +31,8 @@ class ServerSettings(BaseSettings):
     """Where to write {"pid","grpc_port","metrics_port"} once serving."""
     log_level: str = "INFO"
     """Python logging level name."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text, or as one JSON object per line (structured logs)."""
 
     auth_token: SecretStr | None = None
     """Bearer token required for RepositoryModelLoad/Unload (None = unprotected)."""

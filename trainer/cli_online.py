@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -47,11 +46,12 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tls-key-file", type=Path, help="PEM private key for TLS")
     add("--service-tls-ca-file", type=Path, help="CA bundle to verify the service's TLS certificate")
     add("--log-level", help="logging level (default INFO)")
+    add("--log-format", choices=["text", "json"], help="text (default) or json: one JSON object per line")
 
 
 _SETTING_FLAGS = ("store", "model_repository", "service_address", "model_name", "host", "grpc_port", "metrics_port",
                   "http_port", "labeled_file", "holdout_file", "label_column", "engine_config_file", "reports_dir",
-                  "round_interval_seconds", "round_min_new_samples", "drift_threshold", "drift_window", "log_level",
+                  "round_interval_seconds", "round_min_new_samples", "drift_threshold", "drift_window", "log_level", "log_format",
                   "max_samples", "max_bytes", "max_age_seconds",
                   "self_training", "tls_cert_file", "tls_key_file", "service_tls_ca_file")
 
@@ -90,7 +90,9 @@ def run_trainer(args: argparse.Namespace) -> int:
     import asyncio
 
     settings = build_settings(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     from trainer.server import TrainerStartupError, serve
     from trainer.store import StoreError
 

@@ -246,7 +246,15 @@ class OnlineTrainer:
         log.info("round %d %s (%s) in %.1f s: teacher v%s %.4f, student %.4f, %d pseudo-labels accepted, %d rejected",
                  index, summary.outcome, summary.reason, summary.duration_seconds, summary.teacher_version,
                  summary.teacher_holdout_accuracy, summary.student_holdout_accuracy,
-                 summary.pseudo_labels_accepted, summary.pseudo_labels_rejected)
+                 summary.pseudo_labels_accepted, summary.pseudo_labels_rejected,
+                 extra={"event": "round", "round": index, "outcome": summary.outcome, "reason": summary.reason,
+                        "trigger": reason, "teacher_version": summary.teacher_version,
+                        "student_version": summary.student_version,
+                        "teacher_holdout_accuracy": summary.teacher_holdout_accuracy,
+                        "student_holdout_accuracy": summary.student_holdout_accuracy,
+                        "pseudo_labels_accepted": summary.pseudo_labels_accepted,
+                        "pseudo_labels_rejected": summary.pseudo_labels_rejected,
+                        "duration_seconds": round(summary.duration_seconds, 3)})
         return summary
 
     def _observe(self, result: Any, summary: trainer_pb2.RoundSummary) -> None:

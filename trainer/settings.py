@@ -8,6 +8,7 @@ The collector/store/control fields are used by `trainer.server`; the self-traini
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,6 +74,9 @@ class TrainerSettings(BaseSettings):
     """Served samples compared by the drift trigger (reference window and newest window)."""
     log_level: str = "INFO"
     """Python logging level name."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text, or as one JSON object per line (structured logs; round summaries carry
+    their fields)."""
 
     @model_validator(mode="after")
     def _tls_pair(self) -> TrainerSettings:
