@@ -146,9 +146,10 @@ class EngineSettings(BaseSettings):
     """No class's holdout recall may drop by more than this from teacher to student."""
     rounds: int = Field(4, ge=0)
     """Offline `self_train`: number of rounds after the supervised bootstrap."""
-    holdout_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    """Share of the labeled data split off (stratified) as the gate's holdout when none is given;
-    0 = no split, the gate then evaluates on the labeled training set (a sanity check only)."""
+    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    """Share of the labeled data split off once (stratified, at least one per class) as the gate's
+    holdout when no holdout file is given; never trained on. 0 = no split: the gate then judges on
+    the labeled training set, a sanity check only."""
     seed: int = 0
     """Seed of every random choice."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
