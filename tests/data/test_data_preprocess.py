@@ -72,6 +72,8 @@ def test_state_round_trip_and_bad_scaler(tmp_path: Path) -> None:
     pre = Preprocessor(scaler="minmax").fit([t])
     again = Preprocessor.from_state(pre.state())
     assert np.array_equal(again.transform(t.X), pre.transform(t.X))
+    old = {k: v for k, v in pre.state().items() if k != "clip"}  # saved before clipping existed
+    assert Preprocessor.from_state(old).clip == 0.0
     with pytest.raises(ValueError, match="scaler: unknown scaler 'robust'"):
         Preprocessor(scaler="robust")
 
@@ -90,8 +92,8 @@ def test_onnx_parity_with_nans_categoricals_and_unknown_codes(tmp_path: Path) ->
     assert meta["categories"] == {"colour": ["blue", "green", "red"]} and "pseudoserve_version" in meta
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     # clients send codes; NaN, -1, 7 and 1.2 (rounds to 1) are all valid inputs of the graph
-    raw = np.array([[np.nan, 0, 0.5], [4.0, np.nan, np.nan], [4.0, -1, 0.1], [4.0, 7, 0.1], [4.0, 1.2, 0.1]],
-                   np.float32)
+    raw = np.array([[np.nan, 0, 0.5], [4.0, np.nan, np.nan], [4.0, -1, 0.1], [4.0, 7, 0.1], [4.0, 1.2, 0.1],
+                    [1e4, 0, -1e4]], np.float32)  # the last row: far outliers, clipped to +-clip
     (onnx_out,) = session.run(["probabilities"], {"input": raw})
     with torch.no_grad():
         model_in = pre.transform(raw)
@@ -101,8 +103,9 @@ def test_onnx_parity_with_nans_categoricals_and_unknown_codes(tmp_path: Path) ->
     assert np.abs(onnx_out - expected).max() <= 1e-5
     assert np.array_equal(model_in[1, 2:], [0, 0, 1]) and np.array_equal(model_in[3, 2:], [0, 0, 1])
     assert np.array_equal(model_in[4, 2:], [0, 1, 0])
+    assert np.array_equal(model_in[5, :2], [pre.clip, -pre.clip]) and pre.clip == 5.0
     # dynamic batch axis: other batch sizes run
-    assert session.run(None, {"input": np.repeat(raw, 13, axis=0)})[0].shape == (65, 2)
+    assert session.run(None, {"input": np.repeat(raw, 13, axis=0)})[0].shape == (78, 2)
     assert [d for d in session.get_inputs()[0].shape][1:] == [3]
 
 

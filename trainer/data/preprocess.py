@@ -47,6 +47,7 @@ class Preprocessor:
     categorical: list[int] = field(default_factory=list)
     categories: list[list[str]] = field(default_factory=list)
     mode: list[int] = field(default_factory=list)
+    clip: float = 5.0  # numeric table columns: scaled values clamped to [-clip, clip]; 0 = off
     fitted: bool = False
 
     def __post_init__(self) -> None:
@@ -154,7 +155,10 @@ class Preprocessor:
         if self.numeric:
             num = X[:, self.numeric]
             num = np.where(np.isnan(num), np.asarray(self.fill, np.float32), num)
-            parts.append((num - np.asarray(self.center, np.float32)) / np.asarray(self.scale, np.float32))
+            num = (num - np.asarray(self.center, np.float32)) / np.asarray(self.scale, np.float32)
+            if self.clip > 0:  # a near-constant column (a rarely lit pixel) would otherwise give huge values
+                num = np.clip(num, np.float32(-self.clip), np.float32(self.clip))
+            parts.append(num)
         for j, cats, mode in zip(self.categorical, self.categories, self.mode):
             code = X[:, j:j + 1]
             with np.errstate(invalid="ignore"):
@@ -177,7 +181,8 @@ class Preprocessor:
 
     @classmethod
     def from_state(cls, state: dict) -> Preprocessor:
-        return cls(**state)
+        # states saved before `clip` existed were exported without clipping: keep them that way
+        return cls(**{"clip": 0.0, **state})
 
     def _check_fitted(self) -> None:
         if not self.fitted:

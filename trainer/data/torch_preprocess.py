@@ -26,6 +26,7 @@ class PreprocessModule(nn.Module):
         self.categorical = [int(j) for j in pre.categorical]
         self.sizes = [len(c) for c in pre.categories]
         self.modes = [float(m) for m in pre.mode]
+        self.clip = float(pre.clip)
         for k, size in enumerate(self.sizes):
             self.register_buffer(f"codes{k}", torch.arange(size, dtype=f32))
 
@@ -37,7 +38,10 @@ class PreprocessModule(nn.Module):
         if self.numeric.numel():
             num = torch.index_select(x, 1, self.numeric)  # (B, n_numeric)
             num = torch.where(torch.isnan(num), self.fill, num)
-            parts.append((num - self.center) / self.scale)
+            num = (num - self.center) / self.scale
+            if self.clip > 0:
+                num = torch.clamp(num, -self.clip, self.clip)
+            parts.append(num)
         for k, (j, size, mode) in enumerate(zip(self.categorical, self.sizes, self.modes)):
             code = x[:, j:j + 1]  # (B, 1); NaN fails both comparisons, so it counts as invalid
             valid = (code >= -0.5) & (code < size - 0.5)
