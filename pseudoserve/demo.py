@@ -42,6 +42,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=4, help="self-training rounds to run")
     parser.add_argument("--concurrency", type=int, default=4, help="concurrent client threads playing the traffic")
     parser.add_argument("--workdir", type=Path, default=None, help="where to keep the repository, store, reports and logs (default: a temp dir)")
+    parser.add_argument("--engine-config", type=Path, default=None,
+                        help="engine YAML for bootstrap and trainer (default: engine defaults for digits; "
+                             "bench/configs/mnist.yaml of this checkout for mnist, when present)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout-seconds", type=float, default=900.0, help="give up (exit 1) after this long")
 
@@ -64,9 +67,11 @@ def load_split(dataset: str, data_dir: Path, labels: int, holdout_fraction: floa
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        X, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
+        # served as what they are, 1x8x8 images (pixel values 0-16): the engine picks its CNN and
+        # image augmentation for them
+        X, y = digits.images[:, None].astype(np.float32), digits.target.astype(np.int64)
         X_rest, X_test, y_rest, y_test = train_test_split(X, y, test_size=0.3, stratify=y, random_state=seed)
-        sample_shape: tuple[int, ...] = (64,)
+        sample_shape: tuple[int, ...] = (1, 8, 8)
     else:
         from trainer.data.loaders import load
 
@@ -80,6 +85,21 @@ def load_split(dataset: str, data_dir: Path, labels: int, holdout_fraction: floa
     if traffic is not None:
         X_pool = X_pool[:traffic]
     return Split((X_seed, y_seed), (X_hold, y_hold), X_pool, (X_test, y_test), sample_shape)
+
+
+def _engine_config(args: argparse.Namespace) -> Path | None:
+    """The engine YAML to use. MNIST with the engine defaults (a 32/64-channel CNN, up to 4,000
+    steps, every core) takes many minutes per round on a small machine, so the MNIST demo uses the
+    configuration measured by bench/online_mnist.py when this is a source checkout."""
+    if args.engine_config is not None:
+        if not args.engine_config.is_file():
+            raise SystemExit(f"pseudoserve: error: --engine-config {args.engine_config}: no such file")
+        return args.engine_config.resolve()
+    if args.dataset == "mnist":
+        bundled = Path(__file__).resolve().parents[1] / "bench" / "configs" / "mnist.yaml"
+        if bundled.is_file():
+            return bundled
+    return None
 
 
 def _idx(folder: Path, stem: str) -> Path:
@@ -224,10 +244,13 @@ def run_demo(args: argparse.Namespace) -> int:
                   f"{len(split.holdout[0])} holdout labels, {len(split.traffic)} unlabeled requests, "
                   f"{len(split.test[0])} test samples; working in {workdir}")
 
-    console.print("1. bootstrap: training version 1 on the labels alone")
+    engine_config = _engine_config(args)
+    config_args = ["--config", str(engine_config)] if engine_config else []
+    console.print("1. bootstrap: training version 1 on the labels alone"
+                  + (f" (engine config {engine_config})" if engine_config else ""))
     boot = subprocess.run([sys.executable, "-m", "pseudoserve", "bootstrap", "--labeled", str(labeled_file),
                            "--holdout", str(holdout_file), "--label-column", "label", "--model-repository", str(repo),
-                           "--model", model, "--seed", str(args.seed)],
+                           "--model", model, "--seed", str(args.seed), *config_args],
                           capture_output=True, text=True, check=False)
     if boot.returncode != 0:
         console.print(boot.stdout[-2000:], boot.stderr[-2000:])
@@ -243,7 +266,8 @@ def run_demo(args: argparse.Namespace) -> int:
             "trainer", "--store", str(workdir / "store.sqlite"), "--model-repository", str(repo),
             "--service-address", f"127.0.0.1:{grpc_port}", "--grpc-port", str(trainer_port), "--metrics-port", "0",
             "--model-name", model, "--labeled", str(labeled_file), "--holdout", str(holdout_file),
-            "--label-column", "label", "--reports-dir", str(workdir / "reports")], workdir)
+            "--label-column", "label", "--reports-dir", str(workdir / "reports"),
+            *(["--engine-config", str(engine_config)] if engine_config else [])], workdir)
         return _drive(console, Live, Table, args, split, model, workdir, service, trainer, started)
     finally:
         for proc in (trainer, service):
