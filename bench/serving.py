@@ -1,13 +1,14 @@
 """Serving benchmark: pseudoserve against the physical floor (a bare grpc.aio echo server).
 
-    .venv/bin/python bench/serving.py [--duration 4] [--skip-perf-analyzer] [--out bench/results/serving.json]
+    .venv/bin/python bench/serving.py [--duration 4] [--repeats 3] [--skip-perf-analyzer] [--out bench/results/serving.json]
 
 In one run it measures, on the benchmark model of ANCHORS.md (MLP 64->256->256->10, softmax,
 batch-1 requests of 256 bytes):
 1. the echo floor (bench/echo_server.py), driven by a small Python grpc.aio load generator at
    concurrency 1, 4 and 8, unary and streaming;
 2. pseudoserve driven by the SAME Python load generator (the same pre-serialised 256-byte
-   request; like-for-like ratios to the floor);
+   request; like-for-like ratios to the floor), each point measured right after (or before) the
+   echo's, repeated in alternating order, medians kept;
 3. pseudoserve driven by perf_analyzer (../shared/tools/perf_analyzer) at concurrency 1, 4 and 8,
    unary and --streaming.
 It prints a table with ratios to the floor and the issue's targets: p50 at concurrency 1 within
@@ -172,6 +173,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per Python-client point")
     parser.add_argument("--window-ms", type=int, default=2000, help="perf_analyzer measurement window")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats per point (medians kept)")
     parser.add_argument("--skip-perf-analyzer", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
     args = parser.parse_args()
@@ -187,35 +189,32 @@ def main() -> int:
         tmp = Path(tmp_name)
         repo = tmp / "models"
         write_version(repo, MODEL, 1, config=CONFIG)
-
-        echo, info = _start([sys.executable, str(ROOT / "bench" / "echo_server.py"), "--ready-file",
-                             str(tmp / "echo.json")], tmp / "echo.json", tmp / "echo.log")
-        try:
-            target = f"127.0.0.1:{info['grpc_port']}"
-            for mode in ("unary", "streaming"):
-                method = "/bench.Echo/Call" if mode == "unary" else "/bench.Echo/Stream"
-                for c in CONCURRENCY:
-                    results["echo"][f"{mode}/{c}"] = r = drive(target, method, echo_payload, c, args.duration,
-                                                               mode == "streaming", echo.pid)
-                    print(f"echo        {mode:9s} c={c}: {r['throughput']:7.0f}/s p50 {r['p50_us']:6.0f} µs "
-                          f"server CPU {r['server_cpu_us']:4.0f} µs/req", flush=True)
-        finally:
-            _stop(echo)
-
+        # Both servers run for the whole benchmark; each point is measured on the echo and on
+        # pseudoserve back to back, `--repeats` times in alternating order, and the medians are
+        # kept: on a shared machine the background load drifts by more than the effect measured.
+        echo, echo_info = _start([sys.executable, str(ROOT / "bench" / "echo_server.py"), "--ready-file",
+                                  str(tmp / "echo.json")], tmp / "echo.json", tmp / "echo.log")
         server, info = _start([str(ROOT / ".venv" / "bin" / "pseudoserve"), "serve", "--model-repository", str(repo),
                                "--grpc-port", "0", "--metrics-port", "0", "--log-level", "WARNING",
                                "--ready-file", str(tmp / "serve.json")], tmp / "serve.json", tmp / "serve.log")
         try:
-            target = f"127.0.0.1:{info['grpc_port']}"
+            echo_target, target = f"127.0.0.1:{echo_info['grpc_port']}", f"127.0.0.1:{info['grpc_port']}"
             for mode in ("unary", "streaming"):
-                method = ("/inference.GRPCInferenceService/ModelInfer" if mode == "unary"
+                streaming = mode == "streaming"
+                echo_method = "/bench.Echo/Call" if not streaming else "/bench.Echo/Stream"
+                method = ("/inference.GRPCInferenceService/ModelInfer" if not streaming
                           else "/inference.GRPCInferenceService/ModelStreamInfer")
                 for c in CONCURRENCY:
-                    results["pseudoserve_pyclient"][f"{mode}/{c}"] = r = drive(target, method, payload, c,
-                                                                               args.duration, mode == "streaming",
-                                                                               server.pid)
-                    print(f"pseudoserve {mode:9s} c={c}: {r['throughput']:7.0f}/s p50 {r['p50_us']:6.0f} µs "
-                          f"server CPU {r['server_cpu_us']:4.0f} µs/req", flush=True)
+                    runs: dict[str, list[dict]] = {"echo": [], "pseudoserve_pyclient": []}
+                    for rep in range(args.repeats):
+                        order = [("echo", echo_target, echo_method, echo_payload, echo.pid),
+                                 ("pseudoserve_pyclient", target, method, payload, server.pid)]
+                        for key, tgt, meth, body, pid in (order if rep % 2 == 0 else order[::-1]):
+                            runs[key].append(drive(tgt, meth, body, c, args.duration, streaming, pid))
+                    for key, label in (("echo", "echo       "), ("pseudoserve_pyclient", "pseudoserve")):
+                        results[key][f"{mode}/{c}"] = r = _median(runs[key])
+                        print(f"{label} {mode:9s} c={c}: {r['throughput']:7.0f}/s p50 {r['p50_us']:6.0f} µs "
+                              f"server CPU {r['server_cpu_us']:4.0f} µs/req (median of {args.repeats})", flush=True)
             if not args.skip_perf_analyzer:
                 for mode in ("unary", "streaming"):
                     for c in CONCURRENCY:
@@ -226,12 +225,18 @@ def main() -> int:
                                   flush=True)
         finally:
             _stop(server)
+            _stop(echo)
 
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\nwritten {args.out}")
     return 0
+
+
+def _median(runs: list[dict]) -> dict:
+    """Per-field median of repeated measurements of one point."""
+    return {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
 
 
 def print_table(results: dict) -> None:
