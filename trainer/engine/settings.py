@@ -6,7 +6,7 @@ explicit keyword arguments > environment variables > YAML file > defaults. That 
 gives the base configuration of a deployment and the environment can override any key of it
 (the usual twelve-factor order).
 
-The defaults are the configuration measured in bench/ssl_digits.py (docs/bench-ssl.md): graph
+The defaults are the configuration measured in bench/ssl_digits.py (docs/benchmarks.md, section 3): graph
 label propagation with entropy weights and a CNN student. With graph labels the entropy weight
 is the (soft) selection, so the hard threshold starts at its floor, 0.5, and distribution
 alignment and class balance are off; on digits with 20 labels, a schedule from 0.8, alignment
