@@ -79,6 +79,7 @@ class OnlineTrainer:
         self._lock: asyncio.Lock | None = None
         self._task: asyncio.Task | None = None
         self._running: asyncio.Task | None = None
+        self._triggered: set[asyncio.Task] = set()  # TriggerRound rounds (held: the loop keeps weak refs)
         self._active = ""
         self._last_round_at = time.monotonic()
         self._unlabeled_at_last_round = 0
@@ -111,8 +112,12 @@ class OnlineTrainer:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._triggered:  # rounds still waiting for their turn never start
+            if task is not self._running:
+                task.cancel()
         if self._running is not None:  # let a round in progress finish: it may be mid-publish
             await asyncio.gather(self._running, return_exceptions=True)
+        await asyncio.gather(*self._triggered, return_exceptions=True)
         await self._service.close()
 
     def in_progress(self) -> bool:
@@ -124,6 +129,8 @@ class OnlineTrainer:
     async def trigger(self, wait: bool) -> trainer_pb2.TriggerRoundResponse:
         round_index = len(await self._store_call(self._store.rounds)) + 1 + int(self.in_progress())
         task = asyncio.ensure_future(self._round("TriggerRound"))
+        self._triggered.add(task)
+        task.add_done_callback(self._triggered.discard)
         if not wait:
             return trainer_pb2.TriggerRoundResponse(round=round_index)
         summary = await asyncio.shield(task)
