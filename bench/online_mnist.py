@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--render-only", action="store_true", help="only rewrite docs/bench-online.md from the results")
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/bench-online.md")
+    p.add_argument("--reanalyze", action="store_true",
+                   help="recompute the store analysis of bench/results/online_mnist_<scenario>.json from its workdir")
     return p.parse_args(argv)
 
 
@@ -359,7 +361,10 @@ def store_analysis(path: Path, data: Data, rounds: list[dict]) -> dict:
                            "WHERE pool = 'unlabeled' AND request_id IS NOT NULL").fetchall()
     finally:
         con.close()
-    last = max((r["round"] for r in rounds if r["outcome"] in ("promoted", "rejected")), default=0)
+    # the newest round that stored pseudo-labels (a round still running at the end of the budget
+    # finishes while the trainer shuts down, after ListRounds was read)
+    last = max((r[2] for r in rows if r[2] is not None),
+               default=max((r["round"] for r in rounds if r["outcome"] in ("promoted", "rejected")), default=0))
     idx, label, rnd = [], [], []
     for rid, pl, pr in rows:
         base, _, row = rid.partition("#")
@@ -488,7 +493,9 @@ def render(results: dict[str, dict]) -> str:
                   (f"- rounds: started by the trainer after {r['round_min_new_samples']} new samples, then by `TriggerRound` "
                   f"once the traffic was played ({r['triggered_rounds']} triggered); engine config `{r['config']}`"),
                   (f"- bootstrap (version 1 on the labels alone): {r['bootstrap_s']:.0f} s; the clock below starts at the first "
-                  f"request; stopped: {r['stop_reason']} after {_fmt_s(r['elapsed_s'])}"), "",
+                  f"request; stopped: {r['stop_reason']} after {_fmt_s(r['elapsed_s'])}"
+                  + ("; a round still running then finished while the trainer shut down: it is not in the "
+                     "round table and its version was never measured" if r.get("round_in_progress_at_end") else "")), "",
                   "| elapsed | served version(s) | test accuracy (10,000) | traffic rows sent |", "|---|---|---|---|"]
         for p in r["timeline"]:
             lines.append(f"| {_fmt_s(p['elapsed_s'])} | v{p['version']}{' (final)' if p.get('final') else ''} | "
@@ -506,7 +513,10 @@ def render(results: dict[str, dict]) -> str:
         if s:
             lines += ["", f"Store (read-only, after the run): {s['captured']} captured rows"
                       + (f", digits' pseudo-labels {s['digits_pseudo_labeled']} with accuracy "
-                         f"{s['digits_pseudo_label_accuracy']:.4f} against the true labels" if s.get("digits_pseudo_label_accuracy") is not None else "")
+                         f"{s['digits_pseudo_label_accuracy']:.4f} against the true labels (latest label of each sample; "
+                         f"round {s['last_round']} alone: {s['digits_pseudo_labeled_in_last_round']} at "
+                         f"{s['digits_pseudo_label_accuracy_last_round']:.4f})"
+                         if s.get("digits_pseudo_label_accuracy_last_round") is not None else "")
                       + "."]
             if "letters_rejected_share" in s:
                 lines += [(f"Letters: {s['captured_letters']} captured; {s['letters_ever_pseudo_labeled']} ever received a "
@@ -556,7 +566,15 @@ def load_results() -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.render_only:
+    if args.reanalyze:
+        out = RESULTS / f"online_mnist_{args.scenario}.json"
+        result = json.loads(out.read_text())
+        args.traffic = result["traffic_rows"]
+        result["store"] = store_analysis(Path(result["workdir"]) / "store.sqlite", load_data(args), result["rounds"])
+        result["verdict"] = verdict(result)
+        out.write_text(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result["store"], indent=2), flush=True)
+    elif not args.render_only:
         find_data(args.data_dir)  # fail fast, before any process starts
         result = run(args)
         RESULTS.mkdir(parents=True, exist_ok=True)
