@@ -544,6 +544,13 @@ def render(results: dict[str, dict]) -> str:
                 diff = (clean - v["best_test_accuracy_within_30_min"]) * 100
                 lines.append(f"- accuracy at most 0.5 points below the clean run: **{'met' if diff <= 0.5 else 'not met'}** "
                              f"({diff:+.2f} points below, best within 30 min)")
+                clean_v = {p["version"]: p["test_accuracy"] for p in results["clean"]["timeline"]}
+                pairs = [(p["version"], (clean_v[p["version"]] - p["test_accuracy"]) * 100) for p in r["timeline"]
+                         if p["version"] in clean_v and not p.get("final")]
+                lines.append("- the two runs did not share the machine's load equally (load averages above), so the "
+                             "clock favours the faster one; version by version (same number of promotions) the "
+                             "notMNIST run is below the clean one by " + ", ".join(f"v{v} {d:+.2f}" for v, d in pairs)
+                             + " points")
         lines += ["", "Engine configuration:", "", "```yaml", r["engine_config"].rstrip(), "```", ""]
     return "\n".join(lines)
 
