@@ -52,7 +52,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pseudoserve.demo import Client, Counters, free_port, start_process, write_labeled
+from pseudoserve.demo import (
+    Client,
+    Counters,
+    free_port,
+    start_service,
+    start_trainer,
+    write_labeled,
+)
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "bench-online.md"
@@ -236,17 +243,13 @@ def run(args: argparse.Namespace) -> dict:
     bootstrap_s = time.monotonic() - t
     print(f"bootstrap: {bootstrap_s:.0f} s", flush=True)
 
-    grpc_port, trainer_port = free_port(), free_port()
-    service = start_process("service", ["serve", "--model-repository", str(repo), "--grpc-port", str(grpc_port),
-                                        "--metrics-port", "0", "--trainer-address", f"127.0.0.1:{trainer_port}"], workdir)
+    trainer_port = free_port()
+    service = start_service(repo, workdir, trainer_port)
     trainer = None
     try:
-        trainer = start_process("trainer", [
-            "trainer", "--store", str(workdir / "store.sqlite"), "--model-repository", str(repo),
-            "--service-address", f"127.0.0.1:{grpc_port}", "--grpc-port", str(trainer_port), "--metrics-port", "0",
-            "--model-name", MODEL, "--labeled", str(labeled_file), "--holdout", str(holdout_file),
-            "--label-column", "label", "--reports-dir", str(workdir / "reports"), "--engine-config", str(config),
-            "--round-min-new-samples", str(args.round_min_new_samples)], workdir)
+        trainer = start_trainer(repo, workdir, MODEL, service, trainer_port, labeled_file, holdout_file,
+                                "--engine-config", str(config),
+                                "--round-min-new-samples", str(args.round_min_new_samples))
         client = Client(f"127.0.0.1:{service.ready['grpc_port']}", MODEL)
         control = trainer_pb2_grpc.TrainerStub(grpc.insecure_channel(f"127.0.0.1:{trainer.ready['grpc_port']}"))
         result = _drive(args, data, client, control, trainer_pb2)

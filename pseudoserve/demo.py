@@ -173,6 +173,22 @@ def start_process(name: str, args: list[str], workdir: Path, timeout: float = 12
     return Process(name, popen, json.loads(ready_file.read_text()), log)
 
 
+def start_service(repo: Path, workdir: Path, trainer_port: int) -> Process:
+    """`pseudoserve serve` on a free loopback port, capturing to the trainer on `trainer_port`."""
+    return start_process("service", ["serve", "--model-repository", str(repo), "--grpc-port", str(free_port()),
+                                     "--metrics-port", "0", "--trainer-address", f"127.0.0.1:{trainer_port}"], workdir)
+
+
+def start_trainer(repo: Path, workdir: Path, model: str, service: Process, trainer_port: int, labeled_file: Path,
+                  holdout_file: Path, *extra: str) -> Process:
+    """`pseudoserve trainer` for `model`, seeded with the labeled and holdout files; `extra` flags."""
+    return start_process("trainer", [
+        "trainer", "--store", str(workdir / "store.sqlite"), "--model-repository", str(repo),
+        "--service-address", f"127.0.0.1:{service.ready['grpc_port']}", "--grpc-port", str(trainer_port),
+        "--metrics-port", "0", "--model-name", model, "--labeled", str(labeled_file), "--holdout", str(holdout_file),
+        "--label-column", "label", "--reports-dir", str(workdir / "reports"), *extra], workdir)
+
+
 @dataclass
 class Counters:
     sent: int = 0
@@ -269,18 +285,13 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print(boot.stdout[-2000:], boot.stderr[-2000:])
         return 1
 
-    grpc_port, trainer_port = free_port(), free_port()
+    trainer_port = free_port()
     console.print("2. starting the service and the trainer")
-    service = start_process("service", ["serve", "--model-repository", str(repo), "--grpc-port", str(grpc_port),
-                                        "--metrics-port", "0", "--trainer-address", f"127.0.0.1:{trainer_port}"], workdir)
+    service = start_service(repo, workdir, trainer_port)
     trainer = None
     try:
-        trainer = start_process("trainer", [
-            "trainer", "--store", str(workdir / "store.sqlite"), "--model-repository", str(repo),
-            "--service-address", f"127.0.0.1:{grpc_port}", "--grpc-port", str(trainer_port), "--metrics-port", "0",
-            "--model-name", model, "--labeled", str(labeled_file), "--holdout", str(holdout_file),
-            "--label-column", "label", "--reports-dir", str(workdir / "reports"),
-            *(["--engine-config", str(engine_config)] if engine_config else [])], workdir)
+        trainer = start_trainer(repo, workdir, model, service, trainer_port, labeled_file, holdout_file,
+                                *(["--engine-config", str(engine_config)] if engine_config else []))
         return _drive(console, Live, Table, args, split, model, workdir, service, trainer, started)
     finally:
         for proc in (trainer, service):
