@@ -64,7 +64,9 @@ def test_sigterm_drains_in_flight_requests(pseudoserve, tmp_path) -> None:
     threads = [threading.Thread(target=call) for _ in range(3)]
     for t in threads:
         t.start()
-    _wait_for(lambda: _metric(server, 'pseudoserve_inflight_requests{model="slow"}') >= 1, what="a request in flight")
+    # every request must have reached the server before SIGTERM: one sent after it is (rightly) refused
+    _wait_for(lambda: _metric(server, 'pseudoserve_inflight_requests{model="slow"}') >= len(threads),
+              what="all requests in flight")
     server.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(timeout=120)
