@@ -56,6 +56,7 @@ from pseudoserve.demo import (
     Client,
     Counters,
     free_port,
+    keep_busy,
     start_service,
     start_trainer,
     write_labeled,
@@ -187,20 +188,6 @@ class Traffic(threading.Thread):
         self.done_at = time.monotonic()
 
 
-def background(client: Client, X: np.ndarray, rps: float, counters: Counters, stop: threading.Event) -> None:
-    """Light uncaptured load so that every hot-swap happens while requests are in flight."""
-    i = 0
-    while not stop.wait(1.0 / rps if rps > 0 else 1.0):
-        if rps <= 0:
-            continue
-        try:
-            client.infer(X[i % len(X)][None], capture=False)
-            counters.record(True)
-        except Exception as exc:  # noqa: BLE001 - counted and shown
-            counters.record(False, str(exc).splitlines()[0][:200])
-        i += 1
-
-
 def evaluate(client: Client, test: tuple[np.ndarray, np.ndarray], counters: Counters) -> tuple[float, str]:
     try:
         acc, versions = client.accuracy(*test, batch=64)  # the model's max_batch_size
@@ -280,7 +267,8 @@ def _drive(args: argparse.Namespace, data: Data, client: Client, control, pb) ->
     timeline.append({"elapsed_s": 0.0, "version": versions, "test_accuracy": acc, "traffic_rows_sent": 0})
     print(f"v{versions}: test accuracy {acc:.4f} (before any traffic)", flush=True)
     stop = threading.Event()
-    busy = threading.Thread(target=background, args=(client, data.test[0], args.background_rps, busy_c, stop), daemon=True)
+    busy = threading.Thread(target=keep_busy, args=(client, data.test[0], busy_c, stop, args.background_rps),
+                            daemon=True)
     traffic = Traffic(client, data, args.batch_size, args.concurrency, traffic_c)
     t0 = time.monotonic()
     traffic.start()

@@ -338,7 +338,7 @@ def _drive(console, Live, Table, args, split: Split, model: str, workdir: Path, 
             _wait_for_capture(control, counters.sent - counters.failed, timeout=60)
             # The round runs while a background client keeps the service busy: the hot-swap
             # happens under load, and every one of those requests must succeed too.
-            background = threading.Thread(target=_keep_busy, args=(client, split.test[0], busy, stop), daemon=True)
+            background = threading.Thread(target=keep_busy, args=(client, split.test[0], busy, stop), daemon=True)
             background.start()
             control.TriggerRound(trainer_pb2.TriggerRoundRequest(wait=True), timeout=args.timeout_seconds)
             stop.set()
@@ -363,9 +363,13 @@ def _drive(console, Live, Table, args, split: Split, model: str, workdir: Path, 
     return 0 if failed == 0 else 1
 
 
-def _keep_busy(client: Client, X: np.ndarray, counters: Counters, stop: threading.Event,
-               rate: float = 100.0) -> None:
-    """Uncaptured requests at about `rate` per second while a round runs (and hot-swaps)."""
+def keep_busy(client: Client, X: np.ndarray, counters: Counters, stop: threading.Event,
+              rate: float = 100.0) -> None:
+    """Uncaptured requests at about `rate` per second (none when `rate` <= 0) until `stop`, so
+    that every hot-swap happens while requests are in flight; each one counted."""
+    if rate <= 0:
+        stop.wait()
+        return
     i = 0
     while not stop.wait(1.0 / rate):
         try:

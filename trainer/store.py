@@ -443,7 +443,15 @@ class SampleStore:
                          model_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(sample ids int64, X float32) of captured samples without a true label, newest first
         (all of them when `limit` is None), optionally of one model."""
-        sql = "SELECT id, x, x_shape, record FROM samples WHERE pool = 'unlabeled' AND truncated = 0"
+        rows = self._unlabeled_rows("id, x, x_shape, record", "truncated = 0", limit, model_name)
+        X, keep = _stack([_features(r[1], r[2], r[3]) for r in rows], f"{self.path} unlabeled pool")
+        ids = np.array([r[0] for r in rows], dtype=np.int64)[keep] if rows else np.zeros(0, dtype=np.int64)
+        return ids, X
+
+    def _unlabeled_rows(self, columns: str, condition: str, limit: int | None,
+                        model_name: str | None) -> list[tuple]:
+        """Rows of the unlabeled pool meeting `condition` (a fixed SQL fragment), newest first."""
+        sql = f"SELECT {columns} FROM samples WHERE pool = 'unlabeled' AND {condition}"
         args: list[object] = []
         if model_name is not None:
             sql += " AND model_name = ?"
@@ -453,26 +461,13 @@ class SampleStore:
             sql += " LIMIT ?"
             args.append(int(limit))
         with self._lock:
-            rows = self._con.execute(sql, args).fetchall()
-        X, keep = _stack([_features(r[1], r[2], r[3]) for r in rows], f"{self.path} unlabeled pool")
-        ids = np.array([r[0] for r in rows], dtype=np.int64)[keep] if rows else np.zeros(0, dtype=np.int64)
-        return ids, X
+            return self._con.execute(sql, args).fetchall()
 
     def served_probabilities(self, *, limit: int | None = None,
                              model_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(sample ids int64, probabilities float32 (n, classes)) the service answered for the
         unlabeled pool, newest first; rows with another class count than the newest are left out."""
-        sql = "SELECT id, record FROM samples WHERE pool = 'unlabeled' AND record IS NOT NULL"
-        args: list[object] = []
-        if model_name is not None:
-            sql += " AND model_name = ?"
-            args.append(model_name)
-        sql += " ORDER BY id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
-        with self._lock:
-            rows = self._con.execute(sql, args).fetchall()
+        rows = self._unlabeled_rows("id, record", "record IS NOT NULL", limit, model_name)
         parsed = [(r[0], collector_pb2.CaptureRecord.FromString(r[1]).probabilities) for r in rows]
         parsed = [(i, p) for i, p in parsed if len(p)]
         if not parsed:
