@@ -40,13 +40,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
 
 from protos import collector_pb2, collector_pb2_grpc
 
@@ -56,12 +57,27 @@ InputTuple = tuple[str, str, Sequence[int], bytes]  # (name, datatype, shape, ra
 _Queued = tuple[int, str, str, str, Sequence[InputTuple], Mapping[str, np.ndarray], int]
 
 
-class CaptureMetrics:
-    """The capture families of docs/architecture.md, on the service's registry."""
+class _CapturedCollector:
+    """`pseudoserve_capture_records_total{model}` read at scrape time from plain per-model ints
+    that `offer` increments (a prometheus_client Counter takes a lock per increment)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.captured = Counter("pseudoserve_capture_records", "Records captured for the trainer", ["model"],
-                                registry=registry)
+    def __init__(self, counts: dict[str, int]) -> None:
+        self._counts = counts
+
+    def collect(self):
+        family = CounterMetricFamily("pseudoserve_capture_records", "Records captured for the trainer",
+                                     labels=["model"])
+        for model, n in list(self._counts.items()):
+            family.add_metric([model], n)
+        yield family
+
+
+class CaptureMetrics:
+    """The capture families of docs/architecture.md, on the service's registry. The two the hot
+    path feeds (records captured, queue depth) are read at scrape time from plain values."""
+
+    def __init__(self, registry: CollectorRegistry, captured: dict[str, int], depth: Callable[[], int]) -> None:
+        registry.register(_CapturedCollector(captured))
         self.sent = Counter("pseudoserve_capture_sent", "Records sent to the trainer (resends included)",
                             registry=registry)
         self.acknowledged = Counter("pseudoserve_capture_acknowledged", "Records the trainer acknowledged as stored",
@@ -70,6 +86,7 @@ class CaptureMetrics:
                                ["reason"], registry=registry)
         self.queue_depth = Gauge("pseudoserve_capture_queue_depth", "Records queued or awaiting acknowledgement",
                                  registry=registry)
+        self.queue_depth.set_function(depth)
         self.reconnects = Counter("pseudoserve_capture_reconnects", "Capture streams re-established after a failure",
                                   registry=registry)
         for reason in ("queue_full", "too_large", "shutdown"):
@@ -172,29 +189,35 @@ def _prediction_stats(prob_arrays: list[np.ndarray | None]) -> list[tuple[list, 
     return out
 
 
-def _record(Record: type, request_id: str, model_name: str, model_version: str, timestamp_ns: int,
-            stat: tuple[list, list, list, list] | None, i: int, truncated: bool) -> collector_pb2.CaptureRecord:
+def _add_record(out: Any, request_id: str, model_name: str, model_version: str, timestamp_ns: int,
+                stat: tuple[list, list, list, list] | None, i: int, truncated: bool) -> collector_pb2.CaptureRecord:
+    """Append one CaptureRecord (without inputs) to the repeated field `out`, built in place."""
     if stat is None:
-        return Record(request_id=request_id, model_name=model_name, model_version=model_version,
-                      timestamp_ns=timestamp_ns, predicted_class=-1, truncated=truncated)
-    return Record(request_id=request_id, model_name=model_name, model_version=model_version,
-                  timestamp_ns=timestamp_ns, probabilities=stat[0][i], predicted_class=stat[1][i],
-                  confidence=stat[2][i], margin=stat[3][i], truncated=truncated)
+        return out.add(request_id=request_id, model_name=model_name, model_version=model_version,
+                       timestamp_ns=timestamp_ns, predicted_class=-1, truncated=truncated)
+    record = out.add(request_id=request_id, model_name=model_name, model_version=model_version,
+                     timestamp_ns=timestamp_ns, predicted_class=stat[1][i], confidence=stat[2][i],
+                     margin=stat[3][i], truncated=truncated)
+    record.probabilities.extend(stat[0][i])
+    return record
 
 
-def build_batch(items: Sequence[_Queued], max_record_bytes: int) -> tuple[list[collector_pb2.CaptureRecord], int]:
-    """CaptureRecords of offered requests; returns (records, how many were truncated)."""
+def build_batch(items: Sequence[_Queued], max_record_bytes: int,
+                out: Any = None) -> tuple[Sequence[collector_pb2.CaptureRecord], int]:
+    """CaptureRecords of offered requests, appended in place to `out` (a CaptureBatch's `records`;
+    default: a new one); returns (the records, how many were truncated)."""
+    if out is None:
+        out = collector_pb2.CaptureBatch().records
     prob_arrays = [probability_output(item[5]) for item in items]
     stats = _prediction_stats(prob_arrays)
-    records, truncated = [], 0
-    Record = collector_pb2.CaptureRecord
+    truncated = 0
     for item, raw_probs, stat in zip(items, prob_arrays, stats):
         timestamp_ns, request_id, model_name, model_version, inputs, _, rows = item
         batched = raw_probs is None or raw_probs.ndim == 2
         if rows == 1:  # the common case: no slicing, tensors added in place (no intermediate copies)
             size = sum(len(raw) for _, _, _, raw in inputs)
             too_large = size + 4 * (len(stat[0][0]) if stat else 0) > max_record_bytes
-            record = _record(Record, request_id, model_name, model_version, timestamp_ns, stat, 0, too_large)
+            record = _add_record(out, request_id, model_name, model_version, timestamp_ns, stat, 0, too_large)
             if too_large:
                 truncated += 1
             else:
@@ -202,22 +225,21 @@ def build_batch(items: Sequence[_Queued], max_record_bytes: int) -> tuple[list[c
                 for name, datatype, shape, raw in inputs:
                     add(name=name, datatype=datatype, shape=shape if batched else [1, *shape],
                         data=raw if isinstance(raw, bytes) else bytes(raw))
-            records.append(record)
             continue
         tensors = _input_rows(inputs, rows, batched)
         for i in range(rows):
             size = sum(len(t.data) for t in tensors[i])
             too_large = size + 4 * (len(stat[0][i]) if stat else 0) > max_record_bytes
-            record = _record(Record, f"{request_id}#{i}", model_name, model_version, timestamp_ns, stat, i, too_large)
+            record = _add_record(out, f"{request_id}#{i}", model_name, model_version, timestamp_ns, stat, i,
+                                 too_large)
             if too_large:
                 truncated += 1
             else:
                 record.inputs.extend(tensors[i])
-            records.append(record)
-    return records, truncated
+    return out, truncated
 
 
-def build_records(item: _Queued, max_record_bytes: int) -> tuple[list[collector_pb2.CaptureRecord], int]:
+def build_records(item: _Queued, max_record_bytes: int) -> tuple[Sequence[collector_pb2.CaptureRecord], int]:
     """CaptureRecords of one offered request (see build_batch)."""
     return build_batch([item], max_record_bytes)
 
@@ -249,9 +271,9 @@ class Capture:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self.sender = sender or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        self.metrics = CaptureMetrics(registry)
-        self._captured_by_model: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._captured: dict[str, int] = {}  # records offered per model (read at scrape time)
+        self.metrics = CaptureMetrics(registry, self._captured, self.depth)
         self._pending: deque[_Queued] = deque()
         self._pending_records = 0
         self._unacked: OrderedDict[int, collector_pb2.CaptureBatch] = OrderedDict()
@@ -295,12 +317,8 @@ class Capture:
                     oldest = self._pending.popleft()
                     self._pending_records -= oldest[6]
                     dropped += oldest[6]
-                depth = self._pending_records + self._unacked_records
-            self.metrics.queue_depth.set(depth)
-            counter = self._captured_by_model.get(model_name)
-            if counter is None:
-                counter = self._captured_by_model[model_name] = self.metrics.captured.labels(model=model_name)
-            counter.inc(rows)
+                captured = self._captured
+                captured[model_name] = captured.get(model_name, 0) + rows
             if dropped:
                 self.metrics.dropped.labels(reason="queue_full").inc(dropped)
         except Exception:
@@ -336,7 +354,6 @@ class Capture:
         if lost:
             self.metrics.dropped.labels(reason="shutdown").inc(lost)
             log.warning("capture: %d records not acknowledged by the trainer at shutdown", lost)
-        self.metrics.queue_depth.set(0)
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -423,7 +440,6 @@ class Capture:
                     await call.write(batch)
                     self.metrics.sent.inc(len(batch.records))
                     continue
-                self.metrics.queue_depth.set(self.depth())
                 if self._stopping and self._drained():
                     await call.done_writing()
                     await asyncio.wait_for(reader, 5.0)
@@ -471,22 +487,24 @@ class Capture:
             self._pending_records -= count
             batch_id = self._next_batch_id
             self._next_batch_id += 1
+        batch = collector_pb2.CaptureBatch(batch_id=batch_id, sender=self.sender)
         try:
-            records, truncated = build_batch(items, self._max_record_bytes)
+            _, truncated = build_batch(items, self._max_record_bytes, batch.records)
         except Exception:  # one malformed output must not stop capture: convert request by request
             log.debug("capture: batch conversion failed; converting request by request", exc_info=True)
-            records, truncated = [], 0
+            del batch.records[:]
+            truncated = 0
             for item in items:
                 try:
                     built, cut = build_records(item, self._max_record_bytes)
                 except Exception:
                     log.exception("capture: cannot build records for request %s", item[1])
                     continue
-                records.extend(built)
+                batch.records.extend(built)
                 truncated += cut
         if truncated:
             self.metrics.dropped.labels(reason="too_large").inc(truncated)
-        batch = collector_pb2.CaptureBatch(batch_id=batch_id, sender=self.sender, records=records)
+        records = batch.records
         with self._lock:
             self._unacked[batch_id] = batch
             self._unacked_records += len(records)

@@ -291,26 +291,24 @@ class SampleStore:
         records whose (request_id, model_name) is already stored (a resent batch) or repeated
         within the batch."""
         now = time.time_ns()
-        rows, seen = [], set()
-        for record in records:
-            key = (record.request_id, record.model_name)
-            if key in seen:
-                continue
-            seen.add(key)
-            rows.append(_captured_row(record, now))
-        stored = 0
+        rows = [_captured_row(record, now) for record in records]
         with self._lock:
             try:
                 with self._transaction():
-                    existing = self._existing(list(seen))
-                    new_rows = [r for r in rows if (r[0], r[1]) not in existing]
-                    self._con.executemany(
-                        "INSERT INTO samples (pool, request_id, model_name, model_version, timestamp_ns, arrived_ns, "
-                        "record, predicted_class, confidence, margin, truncated, nbytes) "
+                    # the unique (request_id, model_name) index turns resent and repeated records
+                    # into ignored inserts; new rows get ids above the current maximum
+                    last_id = self._con.execute("SELECT COALESCE(MAX(id), 0) FROM samples").fetchone()[0]
+                    stored = self._con.executemany(
+                        "INSERT OR IGNORE INTO samples (pool, request_id, model_name, model_version, timestamp_ns, "
+                        "arrived_ns, record, predicted_class, confidence, margin, truncated, nbytes) "
                         "VALUES ('unlabeled', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        new_rows)
-                    stored = len(new_rows)
-                    self._counts["bytes"] += sum(r[-1] for r in new_rows)
+                        rows).rowcount
+                    if stored == len(rows):
+                        nbytes = sum(r[-1] for r in rows)
+                    else:
+                        nbytes = self._con.execute("SELECT COALESCE(SUM(nbytes), 0) FROM samples WHERE id > ?",
+                                                   (last_id,)).fetchone()[0]
+                    self._counts["bytes"] += nbytes
                     self._counts["unlabeled"] += stored
                     evicted = self._evict(now)
             except BaseException:
@@ -324,17 +322,6 @@ class SampleStore:
             self._metrics.evicted.labels(reason=reason).inc(n)
         self._publish(counts)
         return stored, duplicates
-
-    def _existing(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which (request_id, model_name) keys are already stored."""
-        found: set[tuple[str, str]] = set()
-        for start in range(0, len(keys), 400):
-            chunk = keys[start:start + 400]
-            marks = ",".join("?" * len(chunk))
-            found.update(self._con.execute(
-                f"SELECT request_id, model_name FROM samples WHERE request_id IN ({marks})",
-                [k[0] for k in chunk]).fetchall())
-        return found & set(keys)
 
     def add_labeled(self, X: np.ndarray, y: np.ndarray, *, split: str) -> int:
         """Add a labeled seed set (split "labeled") or holdout set ("holdout"); returns rows added.

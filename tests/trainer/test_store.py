@@ -26,6 +26,8 @@ def test_captured_records_round_trip_and_duplicates_are_stored_once(tmp_path: Pa
         assert store.add_captured(recs[:6]) == (6, 0)
         assert store.add_captured(recs) == (4, 6)  # a resent batch plus new ones
         assert store.counts()["unlabeled"] == 10
+        # the byte count follows only the rows really inserted
+        assert store.counts()["bytes"] == sum(len(r.SerializeToString()) for r in recs)
         ids, X = store.unlabeled_arrays()
         assert X.shape == (10, 4) and X.dtype == np.float32
         # newest first: the last record's features come first
@@ -37,6 +39,14 @@ def test_captured_records_round_trip_and_duplicates_are_stored_once(tmp_path: Pa
     assert _value(registry, "pseudoserve_trainer_stored_total") == 10
     assert _value(registry, "pseudoserve_trainer_duplicates_total") == 6
     assert _value(registry, "pseudoserve_trainer_samples", pool="unlabeled") == 10
+
+
+def test_a_record_repeated_within_one_batch_is_stored_once(tmp_path: Path) -> None:
+    recs = random_records(3)
+    with SampleStore(tmp_path / "s.db") as store:
+        assert store.add_captured([recs[0], recs[1], recs[0], recs[2], recs[1]]) == (3, 2)
+        assert store.counts()["unlabeled"] == 3
+        assert store.counts()["bytes"] == sum(len(r.SerializeToString()) for r in recs)
 
 
 def test_same_request_id_of_two_models_is_two_samples(tmp_path: Path) -> None:
