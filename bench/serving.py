@@ -120,10 +120,12 @@ async def _drive(target: str, method: str, payload: bytes, concurrency: int, dur
 
 def drive(target: str, method: str, payload: bytes, concurrency: int, duration: float, streaming: bool = False,
           server_pid: int | None = None) -> dict:
-    """One closed-loop point; with `server_pid`, also the server's CPU time per request (µs), a
-    figure much less sensitive than latency to other work sharing the machine."""
+    """One closed-loop point, with the client's CPU time per request (µs) and, given `server_pid`,
+    the server's: figures much less sensitive than latency to other work sharing the machine."""
     before = _cpu_seconds(server_pid) if server_pid else None
+    client_before = time.process_time()
     result = asyncio.run(_drive(target, method, payload, concurrency, duration, min(1.0, duration / 3), streaming))
+    result["client_cpu_us"] = (time.process_time() - client_before) / max(result["total"], 1) * 1e6
     if before is not None:
         result["server_cpu_us"] = (_cpu_seconds(server_pid) - before) / max(result["total"], 1) * 1e6
     return result
