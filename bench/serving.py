@@ -9,11 +9,15 @@ batch-1 requests of 256 bytes):
 2. pseudoserve driven by the SAME Python load generator (the same pre-serialised 256-byte
    request; like-for-like ratios to the floor), each point measured right after (or before) the
    echo's, repeated in alternating order, medians kept;
-3. pseudoserve driven by perf_analyzer (../shared/tools/perf_analyzer) at concurrency 1, 4 and 8,
-   unary and --streaming.
-It prints a table with ratios to the floor and the issue's targets: p50 at concurrency 1 within
-1.2x the echo round trip, throughput at concurrency 8 at least 0.9x the echo's, streaming at least
-1.5x unary. Servers run as subprocesses; the client shares the machine's cores with them.
+3. perf_analyzer (../shared/tools/perf_analyzer) at concurrency 1, 4 and 8, unary and --streaming,
+   driving the echo server's Open Inference Protocol twin (parse the request, answer its raw
+   input as the raw output: the least any protocol server does) and pseudoserve, alternating,
+   medians kept.
+Every ratio compares pseudoserve with the echo measured with the SAME client in the same run
+(each client has its own costs and limits on these shared cores). It prints a table and the
+issue's targets: p50 at concurrency 1 within 1.2x the echo round trip, throughput at concurrency 8
+at least 0.9x the echo's, streaming at least 1.5x unary. Servers run as subprocesses; the client
+shares the machine's cores with them.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 import grpc
 import numpy as np
+
+nan = float("nan")
 
 PERF_ANALYZER = ROOT.parent / "shared" / "tools" / "perf_analyzer"
 CONCURRENCY = (1, 4, 8)
@@ -184,7 +190,8 @@ def main() -> int:
 
     results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                  "python": platform.python_version(), "grpcio": grpc.__version__},
-                     "echo": {}, "pseudoserve_pyclient": {}, "pseudoserve_perf_analyzer": {}}
+                     "echo": {}, "pseudoserve_pyclient": {}, "echo_perf_analyzer": {},
+                     "pseudoserve_perf_analyzer": {}}
     payload = infer_payload()
     echo_payload = bytes(len(payload))  # same size on the wire
     with tempfile.TemporaryDirectory(prefix="pseudoserve-bench-") as tmp_name:
@@ -218,13 +225,23 @@ def main() -> int:
                         print(f"{label} {mode:9s} c={c}: {r['throughput']:7.0f}/s p50 {r['p50_us']:6.0f} µs "
                               f"server CPU {r['server_cpu_us']:4.0f} µs/req (median of {args.repeats})", flush=True)
             if not args.skip_perf_analyzer:
+                # the same client on both sides: perf_analyzer drives the echo's protocol twin
+                # (bench/echo_server.py) and pseudoserve, alternating, medians kept
                 for mode in ("unary", "streaming"):
                     for c in CONCURRENCY:
-                        r = perf_analyzer(target, c, mode == "streaming", tmp, args.window_ms)
-                        results["pseudoserve_perf_analyzer"][f"{mode}/{c}"] = r
-                        if r:
-                            print(f"perf_analyzer {mode:9s} c={c}: {r['throughput']:7.0f}/s p50 {r['p50_us']:6.0f} µs",
-                                  flush=True)
+                        runs = {"echo_perf_analyzer": [], "pseudoserve_perf_analyzer": []}
+                        for rep in range(args.repeats):
+                            order = [("echo_perf_analyzer", echo_target), ("pseudoserve_perf_analyzer", target)]
+                            for key, tgt in (order if rep % 2 == 0 else order[::-1]):
+                                r = perf_analyzer(tgt, c, mode == "streaming", tmp, args.window_ms)
+                                if r:
+                                    runs[key].append(r)
+                        for key, label in (("echo_perf_analyzer", "echo       "),
+                                           ("pseudoserve_perf_analyzer", "pseudoserve")):
+                            r = results[key][f"{mode}/{c}"] = _median(runs[key]) if runs[key] else None
+                            if r:
+                                print(f"perf_analyzer {label} {mode:9s} c={c}: {r['throughput']:7.0f}/s "
+                                      f"p50 {r['p50_us']:6.0f} µs (median of {len(runs[key])})", flush=True)
         finally:
             _stop(server)
             _stop(echo)
@@ -241,31 +258,38 @@ def _median(runs: list[dict]) -> dict:
     return {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
 
 
+# (label, result key, key of its floor: the echo measured with the same client)
+ROWS = (("echo (python client)", "echo", "echo"),
+        ("pseudoserve (python client)", "pseudoserve_pyclient", "echo"),
+        ("echo (perf_analyzer)", "echo_perf_analyzer", "echo_perf_analyzer"),
+        ("pseudoserve (perf_analyzer)", "pseudoserve_perf_analyzer", "echo_perf_analyzer"))
+
+
 def print_table(results: dict) -> None:
-    echo = results["echo"]
     print("\n| client | mode | conc | infer/s | p50 µs | p99 µs | thr / echo | p50 / echo | server CPU µs/req |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for label, key in (("echo (python)", "echo"), ("pseudoserve (python)", "pseudoserve_pyclient"),
-                       ("pseudoserve (perf_analyzer)", "pseudoserve_perf_analyzer")):
-        for point, r in results[key].items():
+    for label, key, floor_key in ROWS:
+        floors = results.get(floor_key, {})
+        for point, r in results.get(key, {}).items():
             if not r:
                 continue
             mode, c = point.split("/")
-            floor = echo.get(point) or echo.get(f"unary/{c}")
+            floor = floors.get(point) or floors.get(f"unary/{c}")
+            thr, p50 = (r["throughput"] / floor["throughput"], r["p50_us"] / floor["p50_us"]) if floor else (nan, nan)
             print(f"| {label} | {mode} | {c} | {r['throughput']:.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
-                  f"{r['throughput'] / floor['throughput']:.2f} | {r['p50_us'] / floor['p50_us']:.2f} | "
-                  f"{r.get('server_cpu_us', float('nan')):.0f} |")
-    print("\nTargets (floor = echo unary, Python client):")
-    for key, name in (("pseudoserve_pyclient", "python client"), ("pseudoserve_perf_analyzer", "perf_analyzer")):
-        r = results[key]
-        if not r.get("unary/1"):
+                  f"{thr:.2f} | {p50:.2f} | {r.get('server_cpu_us', nan):.0f} |")
+    print("\nTargets (floor = the echo, unary, measured with the same client in the same run):")
+    for label, key, floor_key in ROWS[1::2]:
+        r, echo = results.get(key, {}), results.get(floor_key, {})
+        if not (r.get("unary/1") and echo.get("unary/1")):
             continue
         p50 = r["unary/1"]["p50_us"] / echo["unary/1"]["p50_us"]
-        thr = r["unary/8"]["throughput"] / echo["unary/8"]["throughput"] if r.get("unary/8") else float("nan")
+        thr = (r["unary/8"]["throughput"] / echo["unary/8"]["throughput"]
+               if r.get("unary/8") and echo.get("unary/8") else nan)
         stream = (r["streaming/8"]["throughput"] / r["unary/8"]["throughput"]
-                  if r.get("streaming/8") and r.get("unary/8") else float("nan"))
-        print(f"  {name:14s}: p50 c=1 {p50:.2f}x echo (target <= 1.2) | thr c=8 {thr:.2f}x echo (target >= 0.9) | "
-              f"streaming/unary c=8 {stream:.2f}x (target >= 1.5)")
+                  if r.get("streaming/8") and r.get("unary/8") else nan)
+        print(f"  {label:28s}: p50 c=1 {p50:.2f}x echo (target <= 1.2) | thr c=8 {thr:.2f}x echo (target >= 0.9)"
+              f" | streaming/unary c=8 {stream:.2f}x (target >= 1.5)")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class ModelVersion:
         self.class_names = class_names
         self.warmup = warmup
         self._sessions = sessions
+        self._runners = [runtime.request_runner(s) for s in sessions]
         batch = config.max_batch_size > 0
         self.inputs = {e.name: tensor_spec(e.name, e.data_type, e.dims, batch) for e in config.input}
         self.optional_inputs = {e.name for e in config.input if e.optional}
@@ -143,11 +144,12 @@ class ModelVersion:
     def close(self) -> None:
         """Release the sessions (the version must be drained)."""
         self._sessions = []
+        self._runners = []
         self._service_metrics.version_released(self.metrics)
 
     # --- internals ----------------------------------------------------------------------------
     def _run(self, index: int, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._sessions[index].run(self._output_names, feeds)
+        return self._runners[index](self._output_names, feeds)
 
     def _on_batch(self, outputs: list[np.ndarray], rows: int, compute_s: float) -> None:
         self.metrics.batch_computed(rows, compute_s)
