@@ -187,7 +187,9 @@ def run_round(*, teacher: Classifier, teacher_proba: np.ndarray | None, labeled:
     kwargs: dict = {}
     if settings.pseudo_labeler == "graph":
         feats_lab, feats_pool = _graph_features(teacher, X_lab, X_pool, settings.graph_features, seed)
-        kwargs = {"labeled_features": feats_lab, "pool_features": feats_pool, "k": settings.graph_k, "alpha": settings.graph_alpha, "teacher_weight": settings.graph_teacher_weight}
+        kwargs = {"labeled_features": feats_lab, "pool_features": feats_pool, "k": settings.graph_k,
+                  "alpha": settings.graph_alpha, "teacher_weight": settings.graph_teacher_weight,
+                  "class_normalization": settings.graph_class_normalization}
     proposal = get_labeler(settings.pseudo_labeler)(teacher_proba=teacher_proba, labeled_y=y_lab,
                                                    n_classes=n_classes, **kwargs)
     proba, weight = proposal.proba, proposal.weight

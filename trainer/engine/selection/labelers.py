@@ -7,10 +7,12 @@ confidence = max probability (classic Pseudo-Label, Lee 2013).
 graph over labeled + pool samples in the teacher's embedding space (optionally concatenated with
 the input space) with edge weights cos^3, symmetrically normalized to W; the labels diffuse by
 solving (I - alpha W) Z = Y with conjugate gradients, Y = one-hot rows for labeled nodes and
-(optionally) `graph_teacher_weight` x teacher probabilities for pool nodes. Rows of Z are
-normalized into probabilities; confidence = max probability, and the sample weight is
-1 - entropy / log(n_classes) as in the paper. Smoothing over the data manifold corrects a teacher
-trained on a handful of labels far better than its own confidence can.
+(optionally) `graph_teacher_weight` x teacher probabilities for pool nodes. Optionally
+(`graph_class_normalization`) each class's column is scaled so its pool mass matches the labeled
+prior (class mass normalization, Zhou et al. 2004). Rows of Z are normalized into probabilities;
+confidence = max probability, and the sample weight is 1 - entropy / log(n_classes) as in the
+paper. Smoothing over the data manifold corrects a teacher trained on a handful of labels far
+better than its own confidence can.
 """
 
 from __future__ import annotations
@@ -70,13 +72,19 @@ def label_propagation(features: np.ndarray, seeds: np.ndarray, *, k: int, alpha:
 
 def graph_labeler(*, teacher_proba: np.ndarray, labeled_y: np.ndarray, labeled_features: np.ndarray,
                   pool_features: np.ndarray, n_classes: int, k: int, alpha: float, teacher_weight: float,
-                  **_: object) -> Proposal:
+                  class_normalization: bool = False, **_: object) -> Proposal:
     n_lab = len(labeled_y)
     features = np.concatenate([labeled_features, pool_features]).astype(np.float32)
     seeds = np.zeros((len(features), n_classes))
     seeds[n_lab:] = teacher_weight * teacher_proba
     seeds[np.arange(n_lab), labeled_y] = 1.0
     Z = label_propagation(features, seeds, k=k, alpha=alpha)[n_lab:]
+    if class_normalization:
+        # class mass normalization: a class whose labels sit in a dense, well-connected region
+        # collects more mass than its share; scale each column to the labeled prior's share
+        prior = np.bincount(labeled_y, minlength=n_classes) / n_lab
+        mass = Z.sum(axis=0)
+        Z = Z * np.where(mass > 1e-12, prior / mass.clip(1e-12), 0.0)
     total = Z.sum(axis=1, keepdims=True)
     # an isolated pool node receives nothing from the graph: keep the teacher's view for it
     proba = np.where(total > 1e-12, Z / total.clip(1e-12), teacher_proba).astype(np.float32)
