@@ -9,9 +9,12 @@ Who calls it: the service's server start-up builds `Capture.from_settings(settin
 
 Guarantees and choices:
 - `offer` is O(1) and never blocks or raises: sampling, the per-model filter, one tuple appended
-  under a lock that is held only for the append. Conversion to protobuf (probabilities, predicted
-  class, confidence, margin, per-row input slices) happens in the background task.
-- The bound (`queue_size` records) covers queued records *and* sent-but-unacknowledged ones.
+  under a lock that is held only for the append; its counters are plain ints read at scrape time.
+  Conversion to protobuf (probabilities, predicted class, confidence, margin, per-row input
+  slices) happens in the background task on the same event loop, `CONVERT_CHUNK` requests at a
+  time with a turn of the loop in between, so requests never wait behind a whole batch.
+- The bound (`queue_size` records) covers queued records, those being converted *and*
+  sent-but-unacknowledged ones.
   When it is exceeded the oldest queued (not yet sent) records are dropped, counted as
   `pseudoserve_capture_dropped_total{reason="queue_full"}`; unacknowledged batches are kept for
   resending (at most `max_in_flight` batches are in flight), so memory stays bounded however long
@@ -53,6 +56,7 @@ from protos import collector_pb2, collector_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+CONVERT_CHUNK = 32  # requests converted between two turns of the event loop
 InputTuple = tuple[str, str, Sequence[int], bytes]  # (name, datatype, shape, raw bytes)
 _Queued = tuple[int, str, str, str, Sequence[InputTuple], Mapping[str, np.ndarray], int]
 
@@ -278,6 +282,7 @@ class Capture:
         self._pending_records = 0
         self._unacked: OrderedDict[int, collector_pb2.CaptureBatch] = OrderedDict()
         self._unacked_records = 0
+        self._converting_records = 0  # taken from the queue, not yet a batch (conversion yields)
         self._next_batch_id = 1
         self._closed = False
         self._stopping = False
@@ -313,7 +318,8 @@ class Capture:
             with self._lock:
                 self._pending.append((time.time_ns(), request_id, model_name, model_version, inputs, outputs, rows))
                 self._pending_records += rows
-                while self._pending and self._pending_records + self._unacked_records > self._capacity:
+                while self._pending and (self._pending_records + self._unacked_records
+                                         + self._converting_records > self._capacity):
                     oldest = self._pending.popleft()
                     self._pending_records -= oldest[6]
                     dropped += oldest[6]
@@ -347,10 +353,10 @@ class Capture:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
         with self._lock:
-            lost = self._pending_records + self._unacked_records
+            lost = self._pending_records + self._unacked_records + self._converting_records
             self._pending.clear()
             self._unacked.clear()
-            self._pending_records = self._unacked_records = 0
+            self._pending_records = self._unacked_records = self._converting_records = 0
         if lost:
             self.metrics.dropped.labels(reason="shutdown").inc(lost)
             log.warning("capture: %d records not acknowledged by the trainer at shutdown", lost)
@@ -361,13 +367,13 @@ class Capture:
     def depth(self) -> int:
         """Records queued plus records awaiting acknowledgement."""
         with self._lock:
-            return self._pending_records + self._unacked_records
+            return self._pending_records + self._unacked_records + self._converting_records
 
     # -- background sender -----------------------------------------------------------------------
 
     def _drained(self) -> bool:
         with self._lock:
-            return not self._pending and not self._unacked
+            return not self._pending and not self._unacked and not self._converting_records
 
     async def _run(self) -> None:
         attempt = 0
@@ -435,7 +441,7 @@ class Capture:
                 if reader.done():
                     reader.result()  # raises the stream's error
                     raise _StreamBroken("the trainer closed the capture stream")
-                batch = self._take_batch()
+                batch = await self._take_batch()
                 if batch is not None:
                     await call.write(batch)
                     self.metrics.sent.inc(len(batch.records))
@@ -470,9 +476,10 @@ class Capture:
                 state["acked"] = True
                 acked.set()
 
-    def _take_batch(self) -> collector_pb2.CaptureBatch | None:
+    async def _take_batch(self) -> collector_pb2.CaptureBatch | None:
         """Next batch to send, or None: the window is full, or too few records are queued and the
-        oldest is younger than the flush interval (unless stopping)."""
+        oldest is younger than the flush interval (unless stopping). The conversion yields to the
+        event loop every `CONVERT_CHUNK` requests, so serving never stalls behind a whole batch."""
         with self._lock:
             if not self._pending or len(self._unacked) >= self._max_in_flight:
                 return None
@@ -485,11 +492,16 @@ class Capture:
                 items.append(item)
                 count += item[6]
             self._pending_records -= count
+            self._converting_records = count
             batch_id = self._next_batch_id
             self._next_batch_id += 1
         batch = collector_pb2.CaptureBatch(batch_id=batch_id, sender=self.sender)
         try:
-            _, truncated = build_batch(items, self._max_record_bytes, batch.records)
+            truncated = 0
+            for start in range(0, len(items), CONVERT_CHUNK):
+                if start:
+                    await asyncio.sleep(0)
+                truncated += build_batch(items[start:start + CONVERT_CHUNK], self._max_record_bytes, batch.records)[1]
         except Exception:  # one malformed output must not stop capture: convert request by request
             log.debug("capture: batch conversion failed; converting request by request", exc_info=True)
             del batch.records[:]
@@ -508,4 +520,5 @@ class Capture:
         with self._lock:
             self._unacked[batch_id] = batch
             self._unacked_records += len(records)
+            self._converting_records = 0
         return batch

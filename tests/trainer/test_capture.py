@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.capture import Capture, as_distribution, build_records
+from service.capture import CONVERT_CHUNK, Capture, as_distribution, build_records
 from tests.trainer.helpers import eventually, start_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,6 +183,30 @@ async def test_stop_with_the_trainer_down_gives_up_in_time_and_counts_the_loss()
     assert _value(registry, "pseudoserve_capture_dropped_total", reason="shutdown") == 1
     capture.offer("after", "m", "1", [], {})  # after stop: ignored, never raises
     assert capture.depth() == 0
+
+
+async def test_records_being_converted_stay_counted_until_they_are_a_batch() -> None:
+    """The conversion yields to the event loop between chunks: meanwhile its records count in the
+    queue depth and the bound, and a stop at that moment counts them as lost."""
+    registry = CollectorRegistry()
+    n = 3 * CONVERT_CHUNK + 5  # four chunks
+    capture = Capture(f"127.0.0.1:{_free_port()}", registry=registry, batch_size=n, queue_size=n + 1)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        _offer(capture, f"r{i}", rng)
+    converting = asyncio.ensure_future(capture._take_batch())
+    await asyncio.sleep(0)  # the conversion has run its first chunk and yielded
+    assert not converting.done()
+    assert capture.depth() == n and not capture._drained()
+    _offer(capture, "one more", rng)
+    _offer(capture, "over the bound", rng)  # n + 2 > n + 1: the oldest *queued* record goes
+    assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 1
+    batch = await converting
+    assert len(batch.records) == n and capture.depth() == n + 1
+    converting = asyncio.ensure_future(capture._take_batch())
+    await capture.stop(0.01)  # nothing is listening: everything still held is counted
+    assert _value(registry, "pseudoserve_capture_dropped_total", reason="shutdown") == n + 1
+    await asyncio.gather(converting, return_exceptions=True)
 
 
 def _start_trainer_process(store: Path, port: int, workdir: Path) -> subprocess.Popen:
