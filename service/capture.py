@@ -365,7 +365,7 @@ class Capture:
             self._channel = None
 
     def depth(self) -> int:
-        """Records queued plus records awaiting acknowledgement."""
+        """Records queued, being converted or awaiting acknowledgement."""
         with self._lock:
             return self._pending_records + self._unacked_records + self._converting_records
 
