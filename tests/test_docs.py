@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_readme_shows_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert re.search(r"^make demo$", readme, re.M) and re.search(r"^make test$", readme, re.M)
+    assert re.search(r"^make demo$", readme, re.MULTILINE) and re.search(r"^make test$", readme, re.MULTILINE)
 
 
 def test_operations_settings_tables_are_current() -> None:

@@ -108,14 +108,14 @@ def test_label_propagation_keeps_seeds_dominant():
 def test_class_mass_normalization_rescales_an_inflated_class(monkeypatch):
     # class 0's label sits in a dense region: its scores are 3x inflated on every pool node, so
     # rows that lean towards class 1 in shape still come out class 0 without normalization
-    import trainer.engine.selection.labelers as labelers
+    from trainer.engine.selection import labelers
 
     pool_Z = np.array([[3.0, 0.0], [0.0, 1.0], [1.5, 0.8], [3.0, 0.4], [0.3, 1.0]])
     Z = np.concatenate([np.eye(2), pool_Z])
     monkeypatch.setattr(labelers, "label_propagation", lambda features, seeds, **_: Z.copy())
-    args = dict(teacher_proba=np.full((5, 2), 0.5, np.float32), labeled_y=np.array([0, 1]),
-                labeled_features=np.zeros((2, 3), np.float32), pool_features=np.zeros((5, 3), np.float32),
-                n_classes=2, k=3, alpha=0.99, teacher_weight=0.0)
+    args = {"teacher_proba": np.full((5, 2), 0.5, np.float32), "labeled_y": np.array([0, 1]),
+            "labeled_features": np.zeros((2, 3), np.float32), "pool_features": np.zeros((5, 3), np.float32),
+            "n_classes": 2, "k": 3, "alpha": 0.99, "teacher_weight": 0.0}
     plain = labelers.graph_labeler(**args).proba
     normalized = labelers.graph_labeler(**args, class_normalization=True).proba
     # column masses 7.8 and 3.2: class 1's scores are scaled up by 7.8 / 3.2 relative to class 0's
