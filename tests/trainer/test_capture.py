@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,16 +21,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from pseudoserve.demo import free_port
 from service.capture import CONVERT_CHUNK, Capture, as_distribution, build_records
 from tests.trainer.helpers import eventually, start_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -98,7 +92,7 @@ async def test_offered_requests_reach_the_store_with_ids_versions_and_confidence
 
 async def test_sampling_and_model_filter(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    capture = Capture(f"127.0.0.1:{_free_port()}", registry=registry, sampling=0.25, models=["wanted"],
+    capture = Capture(f"127.0.0.1:{free_port()}", registry=registry, sampling=0.25, models=["wanted"],
                       rng=random.Random(7))
     rng = np.random.default_rng(0)
     for i in range(400):
@@ -112,7 +106,7 @@ async def test_sampling_and_model_filter(tmp_path: Path) -> None:
 
 async def test_queue_overflow_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    port = _free_port()  # nothing listens here: the trainer is down
+    port = free_port()  # nothing listens here: the trainer is down
     capture = Capture(f"127.0.0.1:{port}", registry=registry, queue_size=10, batch_size=4, flush_interval=0.01,
                       backoff_initial=0.01, backoff_max=0.05)
     await capture.start()
@@ -137,7 +131,7 @@ async def test_queue_overflow_drops_the_oldest_and_counts_them(tmp_path: Path) -
 
 async def test_trainer_down_at_start_then_up_delivers_everything(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    port = _free_port()
+    port = free_port()
     capture = Capture(f"127.0.0.1:{port}", registry=registry, batch_size=8, flush_interval=0.01,
                       backoff_initial=0.01, backoff_max=0.1)
     await capture.start()
@@ -176,7 +170,7 @@ async def test_oversized_records_are_sent_without_inputs(tmp_path: Path) -> None
 
 async def test_stop_with_the_trainer_down_gives_up_in_time_and_counts_the_loss() -> None:
     registry = CollectorRegistry()
-    capture = Capture(f"127.0.0.1:{_free_port()}", registry=registry, backoff_initial=0.01)
+    capture = Capture(f"127.0.0.1:{free_port()}", registry=registry, backoff_initial=0.01)
     await capture.start()
     _offer(capture, "lost", np.random.default_rng(0))
     await capture.stop(0.3)
@@ -190,7 +184,7 @@ async def test_records_being_converted_stay_counted_until_they_are_a_batch() -> 
     queue depth and the bound, and a stop at that moment counts them as lost."""
     registry = CollectorRegistry()
     n = 3 * CONVERT_CHUNK + 5  # four chunks
-    capture = Capture(f"127.0.0.1:{_free_port()}", registry=registry, batch_size=n, queue_size=n + 1)
+    capture = Capture(f"127.0.0.1:{free_port()}", registry=registry, batch_size=n, queue_size=n + 1)
     rng = np.random.default_rng(0)
     for i in range(n):
         _offer(capture, f"r{i}", rng)
@@ -229,7 +223,7 @@ def _start_trainer_process(store: Path, port: int, workdir: Path) -> subprocess.
 
 @pytest.mark.slow
 async def test_trainer_sigkilled_mid_stream_loses_no_acknowledged_record_and_stores_none_twice(tmp_path: Path) -> None:
-    store, port = tmp_path / "store.db", _free_port()
+    store, port = tmp_path / "store.db", free_port()
     registry = CollectorRegistry()
     capture = Capture(f"127.0.0.1:{port}", registry=registry, batch_size=20, flush_interval=0.005,
                       backoff_initial=0.02, backoff_max=0.2, queue_size=100_000)

@@ -10,7 +10,6 @@ tests are about (the engine's own tests check the gate)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 from typing import Self
@@ -30,6 +29,7 @@ from protos import (
     trainer_pb2_grpc,
 )
 from pseudoserve.cli import main as cli
+from pseudoserve.demo import free_port, write_labeled
 from service.server import InferenceServer
 from tests.fixtures.servers import make_settings
 from trainer.engine.settings import EngineSettings
@@ -45,18 +45,6 @@ FAST = {"epochs": 3, "min_steps": 40, "max_steps": 80, "teacher_augmentations": 
         "hidden_sizes": [64], "generator": "none", "seed": 0, "torch_threads": 1}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _csv(path: Path, X: np.ndarray, y: np.ndarray) -> Path:
-    header = ",".join([f"f{i}" for i in range(X.shape[1])] + ["label"])
-    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header=header, comments="", fmt="%g")
-    return path
-
-
 @pytest.fixture(scope="module")
 def bootstrapped(tmp_path_factory) -> dict:
     """Digits split into seed labels / holdout / pool, and version 1 published by the real CLI."""
@@ -67,7 +55,9 @@ def bootstrapped(tmp_path_factory) -> dict:
     seed, hold, pool = order[:100], order[100:160], order[160:460]
     config = root / "fast.yaml"
     config.write_text(yaml.safe_dump(FAST))
-    labeled, holdout = _csv(root / "labeled.csv", X[seed], y[seed]), _csv(root / "holdout.csv", X[hold], y[hold])
+    labeled, holdout = root / "labeled.csv", root / "holdout.csv"
+    write_labeled(labeled, X[seed], y[seed])
+    write_labeled(holdout, X[hold], y[hold])
     repo = root / "repo"
     assert cli(["bootstrap", "--labeled", str(labeled), "--holdout", str(holdout), "--label-column", "label",
                 "--model-repository", str(repo), "--model", MODEL, "--config", str(config), "--quiet"]) == 0
@@ -94,7 +84,7 @@ class System:
         self.trainer_overrides = trainer_overrides
 
     async def __aenter__(self) -> Self:
-        service_port, trainer_port = _free_port(), _free_port()
+        service_port, trainer_port = free_port(), free_port()
         self.service = InferenceServer(make_settings(self.repo, grpc_port=service_port,
                                                      trainer_address=f"127.0.0.1:{trainer_port}"))
         await self.service.start()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import threading
@@ -31,13 +30,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from conftest import PSEUDOSERVE, ROOT, start_pseudoserve
 
+from pseudoserve.demo import free_port
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Trainer:
@@ -94,7 +89,7 @@ def processes(tmp_path: Path):
         started.append(service)
         return service
 
-    trainer = Trainer(tmp_path / "store.db", _free_port(), workdir)
+    trainer = Trainer(tmp_path / "store.db", free_port(), workdir)
     yield start_service, trainer
     for service in started:
         service.stop()

@@ -19,7 +19,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -30,23 +29,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pseudoserve.demo import free_port, write_labeled
 from tests.deploy.dashboard_queries import Query, queries
 from tests.triton.conftest import PSEUDOSERVE, ROOT, ServerProcess, start_pseudoserve
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 MODEL = "digits"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_csv(path: Path, X: np.ndarray, y: np.ndarray) -> None:
-    header = ",".join([f"f{i}" for i in range(X.shape[1])] + ["label"])
-    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header=header, comments="", fmt="%g")
 
 
 def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
@@ -205,8 +194,8 @@ def test_every_dashboard_expression_returns_data(workdir: Path, processes: list)
     X_seed, X_hold, y_seed, y_hold = train_test_split(X_lab, y_lab, test_size=0.4, stratify=y_lab, random_state=0)
     X_traffic = X_traffic[:400]
     labeled, holdout, repo = workdir / "labeled.csv", workdir / "holdout.csv", workdir / "repository"
-    write_csv(labeled, X_seed, y_seed)
-    write_csv(holdout, X_hold, y_hold)
+    write_labeled(labeled, X_seed, y_seed)
+    write_labeled(holdout, X_hold, y_hold)
 
     boot = subprocess.run([str(PSEUDOSERVE), "bootstrap", "--labeled", str(labeled), "--holdout", str(holdout),
                            "--label-column", "label", "--model-repository", str(repo), "--model", MODEL,
