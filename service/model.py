@@ -125,9 +125,6 @@ class ModelVersion:
             positions.append(position)
         return positions
 
-    def acquire(self) -> None:
-        self.inflight += 1
-
     def release(self) -> None:
         self.inflight -= 1
         if self.inflight == 0 and self._drained is not None:

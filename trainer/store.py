@@ -30,7 +30,6 @@ whose input changed) are left out with a warning.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -210,15 +209,6 @@ def _stack(rows: list[np.ndarray | None], where: str) -> tuple[np.ndarray, np.nd
     if other:
         log.warning("%s: %d rows of another input shape than %s left out", where, other, list(shape))
     return np.stack([r for r, k in zip(rows, keep) if k]).astype(np.float32, copy=False), keep
-
-
-def _shape_json(shape: Sequence[int]) -> str:
-    return _shape_text(tuple(shape))
-
-
-@functools.lru_cache(maxsize=256)
-def _shape_text(shape: tuple[int, ...]) -> str:
-    return json.dumps(list(shape))
 
 
 def _captured_row(record: collector_pb2.CaptureRecord, now: int) -> tuple:
