@@ -14,14 +14,14 @@ from trainer.engine.settings import EngineSettings, SettingsError
 from trainer.engine.training import train_supervised
 
 __all__ = [
-           "Classifier",
-           "EngineSettings",
-           "Evaluation",
-           "RoundResult",
-           "SettingsError",
-           "evaluate",
-           "gate",
-           "run_round",
-           "self_train",
-           "train_supervised",
+    "Classifier",
+    "EngineSettings",
+    "Evaluation",
+    "RoundResult",
+    "SettingsError",
+    "evaluate",
+    "gate",
+    "run_round",
+    "self_train",
+    "train_supervised",
 ]
