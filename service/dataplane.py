@@ -115,7 +115,11 @@ class DataPlane:
         try:
             feeds, rows = mv.validate(request.inputs)
             positions = mv.output_positions(request.outputs) if request.outputs else None
-            computed, queue_s = await mv.batcher.submit(feeds, rows)
+            computed = mv.batcher.run_now(feeds, rows)
+            if computed is None:
+                computed, queue_s = await mv.batcher.submit(feeds, rows)
+            else:
+                queue_s = 0.0
         except ServingError as exc:
             metrics.request_failed(exc.outcome, self._perf_counter() - start)
             raise
