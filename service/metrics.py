@@ -110,13 +110,46 @@ class VersionMetrics:
         self.inference_count = 0
         self.execution_count = 0
         self.last_inference = 0.0  # time.time() of the last success
+        # requests answered by DataPlane.infer_inline, one tuple each (total s, compute s, rows,
+        # probabilities or None, perf_counter at the end), folded into everything above by
+        # `fold_inline` (readers call it first); `_lock` guards the counters against a fold
+        # from the scrape thread
+        self.inline_pending: list[tuple] = []
+        self._lock = threading.Lock()
 
     @property
     def last_inference_ms(self) -> int:
         return int(self.last_inference * 1000)
 
+    def inline(self, record: tuple) -> None:
+        """One request answered inline: (total s, compute s, rows, probabilities or None,
+        perf_counter at the end). A bare append; folded later."""
+        pending = self.inline_pending
+        pending.append(record)
+        if len(pending) > FLUSH_AT:
+            self.fold_inline()
+
+    def fold_inline(self) -> None:
+        """Move the inline requests into the counters, histograms and ModelStatistics."""
+        with self._lock:
+            pending, self.inline_pending = self.inline_pending, []
+            if not pending:
+                return
+            now_wall, now_perf = time.time(), time.perf_counter()
+            for total_s, compute_s, rows, probs, end in pending:
+                self._succeeded(rows, total_s, 0.0)
+                self._computed(rows, compute_s)
+                if probs is not None and probs.ndim == 2 and probs.shape[1] > 0:
+                    self.predictions(probs)
+            self.last_inference = max(self.last_inference, now_wall - (now_perf - pending[-1][4]))
+
     def request_succeeded(self, rows: int, total_s: float, queue_s: float) -> None:
-        # on every request: the Duration.add calls are written out (this runs ~2,000 times a second)
+        with self._lock:
+            self._succeeded(rows, total_s, queue_s)
+            self.last_inference = time.time()
+
+    def _succeeded(self, rows: int, total_s: float, queue_s: float) -> None:
+        # the Duration.add calls written out (this runs for every request)
         self.outcomes["success"] += 1
         self.request_duration.observe(total_s)
         self.queue_duration.observe(queue_s)
@@ -127,13 +160,17 @@ class VersionMetrics:
         stats.count += 1
         stats.seconds += queue_s
         self.inference_count += rows
-        self.last_inference = time.time()
 
     def request_failed(self, outcome: str, total_s: float) -> None:
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        self.fail_stats.add(total_s)
+        with self._lock:
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            self.fail_stats.add(total_s)
 
     def batch_computed(self, rows: int, compute_s: float) -> None:
+        with self._lock:
+            self._computed(rows, compute_s)
+
+    def _computed(self, rows: int, compute_s: float) -> None:
         self.compute_duration.observe(compute_s)
         self.batch_size.observe(rows)
         stats = self.compute_stats
@@ -230,6 +267,8 @@ class ServiceCollector:
     def collect(self) -> Iterator:
         state = self._state
         versions = state.versions
+        for m in versions:
+            m.fold_inline()
         requests = CounterMetricFamily("pseudoserve_requests", "Inference requests by outcome",
                                        labels=["model", "version", "outcome"])
         for m in versions:

@@ -99,6 +99,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         # _map_errors written out: one coroutine less on the request path
         try:
+            raw = request.raw_input_contents
+            if len(raw) == 1 and len(request.inputs) == 1 and "capture" not in request.parameters:
+                tensor = request.inputs[0]
+                wanted = request.outputs
+                done = self._dp.infer_inline(request.model_name, request.model_version, request.id, tensor.name,
+                                             tensor.datatype, tensor.shape, raw[0],
+                                             [o.name for o in wanted] if wanted else None)
+                if done is not None:
+                    return converters.inline_response(*done)
             response = await self._dp.infer(converters.infer_request_from_proto(request))
             return converters.infer_response_to_proto(response)
         except ServingError as exc:

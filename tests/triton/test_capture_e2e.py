@@ -213,8 +213,13 @@ def test_trainer_down_at_service_start_up(processes) -> None:
     with grpcclient.InferenceServerClient(service.url) as client:
         for i in range(200):
             _infer(client, f"early-{i}", rng.normal(size=(1, 64)).astype(np.float32))
+        # a request without an id gets one when it is captured (the key for SubmitLabels)
+        tensor = grpcclient.InferInput("input", [1, 64], "FP32")
+        tensor.set_data_from_numpy(rng.normal(size=(1, 64)).astype(np.float32))
+        generated = client.infer("mlp", [tensor], client_timeout=30).get_response().id
+    assert len(generated) == 32 and int(generated, 16) >= 0
     assert _metric(service.metrics_port, "pseudoserve_capture_acknowledged_total") == 0
     trainer.start()
-    status = _wait_stored(trainer, 200)
-    assert status["unlabeled"] == 200
-    assert {r[0] for r in _stored_rows(trainer.store)} == {f"early-{i}" for i in range(200)}
+    status = _wait_stored(trainer, 201)
+    assert status["unlabeled"] == 201
+    assert {r[0] for r in _stored_rows(trainer.store)} == {f"early-{i}" for i in range(200)} | {generated}
