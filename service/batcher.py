@@ -69,22 +69,20 @@ class DynamicBatcher:
         """The outputs, computed inline right now when that is what `submit` would do (an instance
         free, nothing queued, a call cheap enough to run on the event loop); else None and the
         caller awaits `submit`. Saves the request path two coroutines in the common case."""
-        done = self.run_inline(feeds, rows)
-        if done is None:
-            return None
-        if self._on_batch is not None:
-            self._on_batch(done[0], rows, done[1])
-        return done[0]
-
-    def run_inline(self, feeds: dict[str, np.ndarray], rows: int) -> tuple[list[np.ndarray], float] | None:
-        """`run_now` without the batch hook: (outputs, compute seconds) or None; the caller
-        records the call. The instance is not taken out of `_free` for the call: nothing else
-        runs on the event loop until it returns."""
         if rows > self._inline_rows or not self._free or self._queue:
             return None
-        start = time.perf_counter()
-        outputs = self._run_fn(self._free[-1], feeds)
-        return outputs, time.perf_counter() - start
+        index = self._free.pop()
+        try:
+            start = time.perf_counter()
+            outputs = self._run_fn(index, feeds)
+            compute = time.perf_counter() - start
+        finally:
+            self._free.append(index)
+            if self._queue:
+                self._schedule()
+        if self._on_batch is not None:
+            self._on_batch(outputs, rows, compute)
+        return outputs
 
     async def submit(self, feeds: dict[str, np.ndarray], rows: int) -> tuple[list[np.ndarray], float]:
         """Outputs (in the session's output order) for this request's rows, and its queue time."""

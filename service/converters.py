@@ -97,17 +97,6 @@ def infer_response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
     return message
 
 
-def inline_response(mv, request_id: str, outputs: list) -> pb.ModelInferResponse:
-    """The response of `DataPlane.infer_inline`: its (spec, array) outputs, raw."""
-    message = pb.ModelInferResponse(model_name=mv.name, model_version=mv.version_str, id=request_id)
-    add, contents = message.outputs.add, message.raw_output_contents
-    for spec, data in outputs:
-        add(name=spec.name, datatype=spec.datatype, shape=data.shape)
-        contents.append(data.tobytes() if data.dtype.kind in "biuf" and data.dtype.isnative and _LITTLE_ENDIAN
-                        else encode_raw(data))
-    return message
-
-
 def index_to_proto(rows: list[ModelIndexEntry]) -> pb.RepositoryIndexResponse:
     response = pb.RepositoryIndexResponse()
     for row in rows:

@@ -14,8 +14,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import numpy as np
-
 from protos import model_config_pb2 as mc
 from service.domain import (
     InferOutput,
@@ -27,7 +25,7 @@ from service.domain import (
 from service.errors import ServerNotReady, ServingError
 from service.manager import ModelManager
 from service.metrics import ServiceMetrics, VersionMetrics
-from service.model import ModelVersion, tensor_spec
+from service.model import tensor_spec
 from service.tensors import encode_raw
 
 SERVER_NAME = "pseudoserve"
@@ -79,14 +77,9 @@ class DataPlane:
     def statistics(self, name: str, version: str) -> list[VersionMetrics]:
         if name:
             if version:
-                found = [self.manager.get(name, version).metrics]
-            else:
-                found = [mv.metrics for mv in self.manager.ready_versions(name)]
-        else:
-            found = [mv.metrics for n in self.manager.model_names() for mv in self.manager.ready_versions(n)]
-        for metrics in found:
-            metrics.fold_inline()
-        return found
+                return [self.manager.get(name, version).metrics]
+            return [mv.metrics for mv in self.manager.ready_versions(name)]
+        return [mv.metrics for n in self.manager.model_names() for mv in self.manager.ready_versions(n)]
 
     def repository_index(self, ready_only: bool) -> list[ModelIndexEntry]:
         return self.manager.index(ready_only)
@@ -106,57 +99,6 @@ class DataPlane:
                 await self._on_models_changed()
 
     # --- inference ----------------------------------------------------------------------------
-    def infer_inline(self, model_name: str, model_version: str, request_id: str, input_name: str,
-                     datatype: str, shape, raw: bytes, wanted: list[str] | None = None,
-                     ) -> tuple[ModelVersion, str, list[tuple[TensorSpec, np.ndarray]]] | None:
-        """The common request, answered without a coroutine: one raw input that this version's
-        spec accepts as it is, known requested outputs (`wanted`, None = all), capture as
-        configured, a call cheap enough to run inline with an instance free. Returns (version,
-        request id, (spec, array) of each output to send), or None when anything is unusual:
-        then `infer` does the full job (and says what is wrong).
-
-        Every operation here costs several times more in a live server than in a hot loop (the
-        gRPC machinery between two requests evicts the caches), so this path does the least it
-        can: nothing awaits between resolving the version and answering (no hot-swap can retire
-        the version meanwhile, so no in-flight count), metrics are one tuple appended and folded
-        later (`VersionMetrics.fold_inline`)."""
-        start = self._perf_counter()
-        if not self.ready:
-            return None
-        try:
-            mv = self.manager.get(model_name, model_version)
-        except ServingError:
-            return None
-        x = mv.inline_input(input_name, datatype, shape, raw)
-        if x is None:
-            return None
-        positions = None
-        if wanted is not None and wanted != mv.output_names:
-            try:
-                positions = mv.output_positions(wanted)
-            except ServingError:
-                return None  # the full path says which name is unknown
-        rows = x.shape[0] if mv.batched else 1
-        try:
-            done = mv.batcher.run_inline({input_name: x}, rows)
-        except Exception:  # noqa: BLE001 - the full path runs it again, then counts and reports the failure
-            return None
-        if done is None:
-            return None
-        outputs, compute_s = done
-        specs = mv.outputs
-        sent = list(zip(specs, outputs)) if positions is None else [(specs[i], outputs[i]) for i in positions]
-        capture = self.capture
-        if capture is not None:
-            if not request_id:
-                request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
-            capture.offer(request_id, model_name, mv.version_str, [(input_name, datatype, list(shape), raw)],
-                          dict(zip(mv.output_names, outputs)))
-        end = self._perf_counter()
-        mv.metrics.inline((end - start, compute_s, rows,
-                           outputs[mv.prob_index] if mv.prob_index is not None else None, end))
-        return mv, request_id, sent
-
     async def infer(self, request: InferRequest) -> InferResponse:
         start = self._perf_counter()
         name = request.model_name

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import warnings
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -29,9 +28,6 @@ from service.settings import ServerSettings
 from service.tensors import BY_ORT_TYPE, DATATYPES, datatype, decode_raw
 
 log = logging.getLogger(__name__)
-_add_reduce = np.add.reduce
-# the NaN pre-check's sum warns when it meets inf - inf or overflows; that is its job
-warnings.filterwarnings("ignore", r"(invalid value|overflow) encountered in reduce", RuntimeWarning, __name__)
 
 
 class ModelVersion:
@@ -65,17 +61,7 @@ class ModelVersion:
         check_nan = options.nan_policy == "reject"
         self._checks = {n: _InputCheck(s, self._batched, check_nan and s.dtype.kind == "f")
                         for n, s in self.inputs.items()}
-        self.output_names = [s.name for s in self.outputs]
-        self.batched = self._batched
-        # the one input `inline_input` accepts: (name, datatype, numpy dtype, tail dims, bytes per
-        # row, NaN check); None when the model has several inputs or a free/BYTES dimension
-        single = next(iter(self._checks.items())) if len(self._checks) == 1 else None
-        self._inline = None
-        if single is not None and single[1].tail is not None:
-            name, check = single
-            spec = self.inputs[name]
-            self._inline = (name, spec.datatype, spec.dtype, list(check.tail), check.ndim, check.unit_bytes,
-                            check.nan)
+        self._output_names = [s.name for s in self.outputs]
         self.batcher = DynamicBatcher(
             self._run, instances=len(sessions), max_batch_size=options.max_batch_size,
             max_queue_delay_s=options.max_queue_delay_us / 1e6, executor=executor,
@@ -142,30 +128,6 @@ class ModelVersion:
                                         f"{self.options.max_batch_size} of model {self.name!r}")
         return feeds, rows
 
-    def inline_input(self, name: str, datatype: str, shape, raw: bytes) -> np.ndarray | None:
-        """The decoded input when one raw input matches this version's single input exactly
-        (name, datatype, shape, byte size, batch within limits, finite where NaN is rejected);
-        None otherwise: then `validate` runs and names what is wrong. `shape` may be the
-        protobuf repeated field itself."""
-        spec = self._inline
-        if spec is None:
-            return None
-        expected_name, expected_type, dtype, tail, ndim, unit_bytes, nan = spec
-        if name != expected_name or datatype != expected_type or len(shape) != ndim:
-            return None
-        if self._batched:
-            rows = shape[0]
-            if not 0 < rows <= self.options.max_batch_size or shape[1:] != tail or len(raw) != rows * unit_bytes:
-                return None
-        elif shape[:] != tail or len(raw) != unit_bytes:
-            return None
-        x = np.frombuffer(raw, dtype).reshape(tuple(shape))
-        # one float64 sum: NaN or inf anywhere makes it non-finite; a false alarm (an FP64 sum
-        # overflowing) only sends the request the full way, where `validate` checks exactly
-        if nan and not math.isfinite(_add_reduce(x, None, np.float64)):
-            return None
-        return x
-
     def output_positions(self, names: list[str]) -> list[int]:
         """Indices of requested outputs; InvalidArgument for an unknown name."""
         index = self.output_index
@@ -199,7 +161,7 @@ class ModelVersion:
 
     # --- internals ----------------------------------------------------------------------------
     def _run(self, index: int, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._runners[index](self.output_names, feeds)
+        return self._runners[index](self._output_names, feeds)
 
     def _on_batch(self, outputs: list[np.ndarray], rows: int, compute_s: float) -> None:
         self.metrics.batch_computed(rows, compute_s)

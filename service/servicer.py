@@ -5,8 +5,7 @@ Errors are mapped to gRPC status in ONE place, `_map_errors`: a `ServingError` a
 code and message; anything else is logged with its traceback and reaches the client as INTERNAL
 "internal error". ModelStreamInfer reports per-request errors in `error_message` and keeps the
 stream open, like Triton; requests on one stream are processed concurrently (so the batcher can
-merge them) and answered in order. Requests that qualify for `DataPlane.infer_inline` (unary or
-streamed) are answered on the spot, without a coroutine of their own.
+merge them) and answered in order.
 """
 
 from __future__ import annotations
@@ -100,9 +99,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         # _map_errors written out: one coroutine less on the request path
         try:
-            answered = self._inline(request)
-            if answered is not None:
-                return answered
             response = await self._dp.infer(converters.infer_request_from_proto(request))
             return converters.infer_response_to_proto(response)
         except ServingError as exc:
@@ -113,17 +109,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             log.exception("ModelInfer failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-    def _inline(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse | None:
-        """The response from `DataPlane.infer_inline` when the request qualifies, else None."""
-        raw = request.raw_input_contents
-        if len(raw) != 1 or len(request.inputs) != 1 or "capture" in request.parameters:
-            return None
-        tensor = request.inputs[0]
-        wanted = request.outputs
-        done = self._dp.infer_inline(request.model_name, request.model_version, request.id, tensor.name,
-                                     tensor.datatype, tensor.shape, raw[0], [o.name for o in wanted] if wanted else None)
-        return converters.inline_response(*done) if done is not None else None
-
     async def ModelStreamInfer(self, request_iterator, context):
         window: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         loop = asyncio.get_running_loop()
@@ -131,16 +116,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    try:
-                        answered = self._inline(request)
-                    except Exception:  # noqa: BLE001 - the full path answers and reports it
-                        answered = None
-                    if answered is None:
-                        await window.put(loop.create_task(self._stream_one(request)))
-                        continue
-                    done = loop.create_future()  # answered already, kept in order behind the others
-                    done.set_result(pb.ModelStreamInferResponse(infer_response=answered))
-                    await window.put(done)
+                    await window.put(loop.create_task(self._stream_one(request)))
             finally:
                 await window.put(None)
 

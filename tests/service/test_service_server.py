@@ -109,33 +109,6 @@ async def test_validate_decodes_raw_inputs_against_the_version_spec(served) -> N
         mv.validate([InferInput("input", "FP33", (3, 64), None, rows.tobytes())])
 
 
-async def test_inline_path_answers_like_the_full_path_and_counts_the_same(served) -> None:
-    server, stub = served
-    mv = server.manager.get("mlp")
-    stats_before = mv.metrics.success_stats.count
-    fast = await stub.ModelInfer(_request())  # one raw input, no parameters: the inline path
-    assert mv.metrics.inline_pending  # answered inline, counted by one appended tuple
-    full = _request()
-    full.parameters["capture"].bool_param = False  # a request parameter: the full path
-    full.outputs.add(name="probabilities")
-    slow = await stub.ModelInfer(full)
-    assert fast.raw_output_contents == slow.raw_output_contents and fast.model_version == slow.model_version == "1"
-    assert [o.name for o in fast.outputs] == [o.name for o in slow.outputs] == ["probabilities"]
-    stats = await stub.ModelStatistics(pb.ModelStatisticsRequest(name="mlp"))
-    assert stats.model_stats[0].inference_stats.success.count == stats_before + 2
-    assert not mv.metrics.inline_pending  # ModelStatistics folded them first
-    # what the inline path declines, the full path answers or rejects with its usual message
-    bad = _request()
-    bad.outputs.add(name="nope")
-    with pytest.raises(grpc.aio.AioRpcError, match="unknown requested output 'nope'"):
-        await stub.ModelInfer(bad)
-    for row in (np.full((1, 64), np.nan, np.float32), np.array([[np.inf, -np.inf] + [0.0] * 62], np.float32)):
-        with pytest.raises(grpc.aio.AioRpcError, match="contains NaN or infinity"):
-            await stub.ModelInfer(_request(row))
-    assert mv.metrics.outcomes.get("invalid_argument") == 3
-    assert mv.metrics.success_stats.count == stats_before + 2
-
-
 async def test_metrics_exposition(served) -> None:
     server, stub = served
     for _ in range(3):
@@ -158,7 +131,6 @@ async def test_logits_output_gets_softmax_for_the_confidence_metric(repo: Path, 
     server, stub = await start_server(make_settings(repo))
     await stub.ModelInfer(_request(model="logits"))
     (m,) = [m for m in server.metrics.versions if m.model == "logits"]
-    m.fold_inline()
     m.fold_predictions()
     m.confidence.fold()
     assert m.confidence.counts.sum() == 1 and 0.1 <= m.confidence.total <= 1.0
