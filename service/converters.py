@@ -9,16 +9,12 @@ get typed `contents` unless an output's datatype has no typed field (FP16), then
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from protos import inference_pb2 as pb
 from service.domain import InferInput, InferRequest, InferResponse, ModelIndexEntry
 from service.errors import InvalidArgument
 from service.tensors import DATATYPES, datatype, element_count, encode_raw
-
-_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def infer_request_from_proto(request: pb.ModelInferRequest) -> InferRequest:
@@ -80,11 +76,8 @@ def infer_response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
     if raw:
         contents = message.raw_output_contents
         for out in response.outputs:
-            data = out.data
-            outputs.add(name=out.name, datatype=out.datatype, shape=data.shape)
-            # onnxruntime's outputs are native-endian numeric arrays: their bytes are the wire form
-            contents.append(data.tobytes() if data.dtype.kind in "biuf" and data.dtype.isnative
-                            and _LITTLE_ENDIAN else encode_raw(data))
+            outputs.add(name=out.name, datatype=out.datatype, shape=out.data.shape)
+            contents.append(encode_raw(out.data))
         return message
     for out in response.outputs:
         tensor = outputs.add(name=out.name, datatype=out.datatype, shape=out.data.shape)

@@ -67,19 +67,15 @@ def _le(bound: float) -> str:
 class Duration:
     """A (count, total nanoseconds) pair as ModelStatistics reports it."""
 
-    __slots__ = ("count", "seconds")
+    __slots__ = ("count", "ns")
 
     def __init__(self) -> None:
         self.count = 0
-        self.seconds = 0.0
+        self.ns = 0
 
     def add(self, seconds: float) -> None:
         self.count += 1
-        self.seconds += seconds
-
-    @property
-    def ns(self) -> int:
-        return int(self.seconds * 1e9)
+        self.ns += int(seconds * 1e9)
 
 
 class VersionMetrics:
@@ -109,25 +105,16 @@ class VersionMetrics:
         self.batch_stats: dict[int, Duration] = {}
         self.inference_count = 0
         self.execution_count = 0
-        self.last_inference = 0.0  # time.time() of the last success
-
-    @property
-    def last_inference_ms(self) -> int:
-        return int(self.last_inference * 1000)
+        self.last_inference_ms = 0
 
     def request_succeeded(self, rows: int, total_s: float, queue_s: float) -> None:
-        # on every request: the Duration.add calls are written out (this runs ~2,000 times a second)
         self.outcomes["success"] += 1
         self.request_duration.observe(total_s)
         self.queue_duration.observe(queue_s)
-        stats = self.success_stats
-        stats.count += 1
-        stats.seconds += total_s
-        stats = self.queue_stats
-        stats.count += 1
-        stats.seconds += queue_s
+        self.success_stats.add(total_s)
+        self.queue_stats.add(queue_s)
         self.inference_count += rows
-        self.last_inference = time.time()
+        self.last_inference_ms = int(time.time() * 1000)
 
     def request_failed(self, outcome: str, total_s: float) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -136,15 +123,12 @@ class VersionMetrics:
     def batch_computed(self, rows: int, compute_s: float) -> None:
         self.compute_duration.observe(compute_s)
         self.batch_size.observe(rows)
-        stats = self.compute_stats
-        stats.count += 1
-        stats.seconds += compute_s
+        self.compute_stats.add(compute_s)
         self.execution_count += 1
         stats = self.batch_stats.get(rows)
         if stats is None:
             stats = self.batch_stats[rows] = Duration()
-        stats.count += 1
-        stats.seconds += compute_s
+        stats.add(compute_s)
         if len(self.request_duration.pending) > FLUSH_AT:
             for histogram in (self.request_duration, self.queue_duration, self.compute_duration, self.batch_size):
                 histogram.fold()

@@ -96,18 +96,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._dp.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    @_map_errors
     async def ModelInfer(self, request, context):
-        # _map_errors written out: one coroutine less on the request path
-        try:
-            response = await self._dp.infer(converters.infer_request_from_proto(request))
-            return converters.infer_response_to_proto(response)
-        except ServingError as exc:
-            await context.abort(exc.code, exc.message)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("ModelInfer failed")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        response = await self._dp.infer(converters.infer_request_from_proto(request))
+        return converters.infer_response_to_proto(response)
 
     async def ModelStreamInfer(self, request_iterator, context):
         window: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
