@@ -65,25 +65,6 @@ class DynamicBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
 
-    def run_now(self, feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray] | None:
-        """The outputs, computed inline right now when that is what `submit` would do (an instance
-        free, nothing queued, a call cheap enough to run on the event loop); else None and the
-        caller awaits `submit`. Saves the request path two coroutines in the common case."""
-        if rows > self._inline_rows or not self._free or self._queue:
-            return None
-        index = self._free.pop()
-        try:
-            start = time.perf_counter()
-            outputs = self._run_fn(index, feeds)
-            compute = time.perf_counter() - start
-        finally:
-            self._free.append(index)
-            if self._queue:
-                self._schedule()
-        if self._on_batch is not None:
-            self._on_batch(outputs, rows, compute)
-        return outputs
-
     async def submit(self, feeds: dict[str, np.ndarray], rows: int) -> tuple[list[np.ndarray], float]:
         """Outputs (in the session's output order) for this request's rows, and its queue time."""
         if self._free and not self._queue:

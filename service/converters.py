@@ -1,8 +1,7 @@
 """Conversions between `inference` protobuf messages and the DataPlane's domain types. The
 servicer calls these and nothing else touches protobuf tensors.
 
-Raw inputs are passed on as bytes: the serving model version decodes them (`np.frombuffer`, no
-copy) after checking them against its own spec; raw requests get `raw_output_contents`, one
+Raw inputs are decoded with `np.frombuffer` (no copy); raw requests get `raw_output_contents`, one
 entry per output in output order (tritonclient and perf_analyzer read only those); typed requests
 get typed `contents` unless an output's datatype has no typed field (FP16), then raw for all.
 """
@@ -14,36 +13,31 @@ import numpy as np
 from protos import inference_pb2 as pb
 from service.domain import InferInput, InferRequest, InferResponse, ModelIndexEntry
 from service.errors import InvalidArgument
-from service.tensors import DATATYPES, datatype, element_count, encode_raw
+from service.tensors import DATATYPES, datatype, decode_raw, element_count, encode_raw
 
 
 def infer_request_from_proto(request: pb.ModelInferRequest) -> InferRequest:
-    """Domain request; InvalidArgument naming the input and field for malformed tensors.
-
-    Raw inputs keep their bytes undecoded (`InferInput.data` None): the model version that serves
-    the request decodes them against its own spec (`ModelVersion.validate`), which checks the
-    datatype, shape and byte size once instead of here and again there."""
+    """Domain request; InvalidArgument naming the input and field for malformed tensors."""
     raw = request.raw_input_contents
-    tensors = request.inputs
     inputs = []
     if raw:
-        if len(raw) != len(tensors):
+        if len(raw) != len(request.inputs):
             raise InvalidArgument(f"raw_input_contents has {len(raw)} entries but the request has "
-                                  f"{len(tensors)} inputs (exactly one entry per input)")
-        for tensor, data in zip(tensors, raw):
+                                  f"{len(request.inputs)} inputs (exactly one entry per input)")
+        for tensor, data in zip(request.inputs, raw):
             if tensor.HasField("contents"):
                 raise InvalidArgument(f"input {tensor.name!r}: both contents and raw_input_contents are given")
-            inputs.append(InferInput(tensor.name, tensor.datatype, tuple(tensor.shape), None, data))
+            shape = tuple(tensor.shape)
+            array = decode_raw(data, tensor.datatype, shape, name=f"input {tensor.name!r}")
+            inputs.append(InferInput(tensor.name, tensor.datatype, shape, array, data))
     else:
-        for tensor in tensors:
+        for tensor in request.inputs:
             shape = tuple(tensor.shape)
             inputs.append(InferInput(tensor.name, tensor.datatype, shape, _decode_contents(tensor, shape)))
-    outputs = request.outputs
-    requested = [o.name for o in outputs] if outputs else []
+    requested = [o.name for o in request.outputs]
     capture = True
-    parameters = request.parameters
-    if parameters and "capture" in parameters:  # opt-out of capture (e.g. evaluation traffic)
-        param = parameters["capture"]
+    if "capture" in request.parameters:  # opt-out of capture (e.g. evaluation traffic)
+        param = request.parameters["capture"]
         if param.WhichOneof("parameter_choice") != "bool_param":
             raise InvalidArgument("parameters['capture']: expected a bool_param")
         capture = param.bool_param

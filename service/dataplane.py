@@ -115,11 +115,7 @@ class DataPlane:
         try:
             feeds, rows = mv.validate(request.inputs)
             positions = mv.output_positions(request.outputs) if request.outputs else None
-            computed = mv.batcher.run_now(feeds, rows)
-            if computed is None:
-                computed, queue_s = await mv.batcher.submit(feeds, rows)
-            else:
-                queue_s = 0.0
+            computed, queue_s = await mv.batcher.submit(feeds, rows)
         except ServingError as exc:
             metrics.request_failed(exc.outcome, self._perf_counter() - start)
             raise

@@ -10,14 +10,12 @@ import numpy as np
 
 @dataclass(slots=True)
 class InferInput:
-    """One input tensor as the client declared it. Typed contents arrive decoded in `data`; raw
-    inputs keep their bytes in `raw` and `data` stays None until the serving model version has
-    checked and decoded them (`ModelVersion.validate`)."""
+    """One input tensor as the client declared it, decoded (`raw` keeps the bytes as received)."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
-    data: np.ndarray | None
+    data: np.ndarray
     raw: bytes | None = None
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from service.domain import InferInput, TensorSpec
 from service.errors import InvalidArgument, ModelLoadError, ResourceExhausted
 from service.metrics import ServiceMetrics, VersionMetrics
 from service.settings import ServerSettings
-from service.tensors import BY_ORT_TYPE, DATATYPES, datatype, decode_raw
+from service.tensors import BY_ORT_TYPE, DATATYPES
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +56,8 @@ class ModelVersion:
         self.outputs = [tensor_spec(a.name, _ort_datatype(a.type), a.shape, False) for a in sessions[0].get_outputs()]
         self.output_index = {s.name: i for i, s in enumerate(self.outputs)}
         self.prob_index = _probabilities_index(self.outputs)
-        self._batched = options.max_batch_size > 0
-        check_nan = options.nan_policy == "reject"
-        self._checks = {n: _InputCheck(s, self._batched, check_nan and s.dtype.kind == "f")
-                        for n, s in self.inputs.items()}
+        self.check_nan = options.nan_policy == "reject"
+        self._float_inputs = {n for n, s in self.inputs.items() if s.dtype.kind == "f"}
         self._output_names = [s.name for s in self.outputs]
         self.batcher = DynamicBatcher(
             self._run, instances=len(sessions), max_batch_size=options.max_batch_size,
@@ -73,49 +70,37 @@ class ModelVersion:
     # --- request path -------------------------------------------------------------------------
     def validate(self, inputs: list[InferInput]) -> tuple[dict[str, np.ndarray], int]:
         """Feeds for onnxruntime and the batch size; InvalidArgument/ResourceExhausted naming the
-        input and what was expected. Raw inputs (`data` None) are decoded here, against this
-        version's spec, once their datatype and shape are known to match."""
+        input and what was expected."""
         specs = self.inputs
         feeds: dict[str, np.ndarray] = {}
-        batched = self._batched
+        batched = self.options.max_batch_size > 0
         rows = 1
         for tensor in inputs:
-            name = tensor.name
-            spec = specs.get(name)
+            spec = specs.get(tensor.name)
             if spec is None:
-                raise InvalidArgument(f"unknown input {name!r} for model {self.name!r} "
+                raise InvalidArgument(f"unknown input {tensor.name!r} for model {self.name!r} "
                                       f"(inputs: {', '.join(specs)})")
-            if name in feeds:
-                raise InvalidArgument(f"input {name!r} given more than once")
+            if tensor.name in feeds:
+                raise InvalidArgument(f"input {tensor.name!r} given more than once")
             if tensor.datatype != spec.datatype:
-                datatype(tensor.datatype, field=f"input {name!r} datatype")  # an unknown name says so
-                raise InvalidArgument(f"input {name!r}: datatype {tensor.datatype} does not match "
+                raise InvalidArgument(f"input {tensor.name!r}: datatype {tensor.datatype} does not match "
                                       f"the model's {spec.datatype}")
             shape = tensor.shape
-            check = self._checks[name]
-            if not (check.tail is not None and len(shape) == check.ndim and shape[check.fixed_from:] == check.tail) \
-                    and not _shape_matches(shape, spec.shape):
-                raise InvalidArgument(f"input {name!r}: shape {list(shape)} does not match the model's "
-                                      f"{list(spec.shape)} (-1 = any)")
+            expected = spec.shape
+            if len(shape) != len(expected) or any(e != -1 and s != e for s, e in zip(shape, expected)):
+                raise InvalidArgument(f"input {tensor.name!r}: shape {list(shape)} does not match the model's "
+                                      f"{list(expected)} (-1 = any)")
             if batched:
                 n = shape[0]
                 if not feeds:
                     rows = n
                 elif n != rows:
-                    raise InvalidArgument(f"input {name!r}: batch size {n} differs from the other "
+                    raise InvalidArgument(f"input {tensor.name!r}: batch size {n} differs from the other "
                                           f"inputs' {rows}")
-            data = tensor.data
-            if data is None:
-                raw = tensor.raw
-                if check.tail is not None and rows >= 0 and len(raw) == check.unit_bytes * (rows if batched else 1):
-                    data = np.frombuffer(raw, spec.dtype).reshape(shape)
-                else:  # BYTES, free dimensions or a size mismatch: the general decoder says what is wrong
-                    data = decode_raw(raw, spec.datatype, shape, name=f"input {name!r}")
-                tensor.data = data
-            if check.nan and not np.isfinite(data).all():
-                raise InvalidArgument(f"input {name!r} contains NaN or infinity "
+            if self.check_nan and tensor.name in self._float_inputs and not np.isfinite(tensor.data).all():
+                raise InvalidArgument(f"input {tensor.name!r} contains NaN or infinity "
                                       f"(model {self.name!r} rejects them: nan_policy=reject)")
-            feeds[name] = data
+            feeds[tensor.name] = tensor.data
         if len(feeds) != len(specs):
             missing = [n for n in specs if n not in feeds and n not in self.optional_inputs]
             if missing:
@@ -170,31 +155,6 @@ class ModelVersion:
         probs = outputs[self.prob_index]
         if probs.ndim == 2 and probs.shape[1] > 0:
             self.metrics.predictions(probs)
-
-
-class _InputCheck:
-    """What `validate` needs of one input, worked out once per version.
-
-    `tail`: the fixed dimensions after the batch dimension (all of them without batching), None
-    when any is free (-1) or the datatype has no fixed size (BYTES); then the general checks run.
-    `unit_bytes`: raw bytes of one batch row (of the whole tensor without batching). `nan`: reject
-    NaN and infinity (nan_policy reject, float inputs)."""
-
-    __slots__ = ("fixed_from", "nan", "ndim", "tail", "unit_bytes")
-
-    def __init__(self, spec: TensorSpec, batched: bool, nan: bool) -> None:
-        self.ndim = len(spec.shape)
-        self.fixed_from = 1 if batched else 0
-        tail = spec.shape[self.fixed_from:]
-        fixed = all(d >= 0 for d in tail) and spec.dtype.kind != "O"
-        self.tail = tail if fixed else None
-        units = math.prod(tail) if fixed else 0
-        self.unit_bytes = units * spec.dtype.itemsize
-        self.nan = nan
-
-
-def _shape_matches(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
-    return len(shape) == len(expected) and all(e == -1 or s == e for s, e in zip(shape, expected))
 
 
 def _ort_datatype(ort_type: str) -> str:

@@ -50,8 +50,8 @@ def test_request_from_proto_raw_and_typed() -> None:
     raw.outputs.add(name="y")
     request = converters.infer_request_from_proto(raw)
     assert request.raw_outputs and request.outputs == ["y"] and request.id == "r1"
-    # raw bytes stay undecoded: the serving version checks and decodes them against its spec
-    assert request.inputs[0].data is None and request.inputs[0].raw == raw.raw_input_contents[0]
+    np.testing.assert_array_equal(request.inputs[0].data, [[7, 8]])
+    assert request.inputs[0].raw == raw.raw_input_contents[0]
 
     typed = pb.ModelInferRequest(model_name="m")
     typed.inputs.add(name="x", datatype="UINT8", shape=[3]).contents.uint_contents.extend([1, 2, 255])

@@ -86,29 +86,6 @@ async def test_dataplane_without_grpc(served) -> None:
         await dp.infer(InferRequest("nope", "", "", []))
 
 
-async def test_validate_decodes_raw_inputs_against_the_version_spec(served) -> None:
-    server, _ = served
-    mv = server.manager.get("mlp")
-    rows = np.random.default_rng(1).random((3, 64), dtype=np.float32)
-    tensor = InferInput("input", "FP32", (3, 64), None, rows.tobytes())
-    feeds, n = mv.validate([tensor])
-    assert n == 3 and tensor.data is feeds["input"]
-    np.testing.assert_array_equal(feeds["input"], rows)
-    with pytest.raises(ValueError, match="input 'input': expected 768 bytes for FP32 \\[3, 64\\], got 764"):
-        mv.validate([InferInput("input", "FP32", (3, 64), None, rows.tobytes()[:-4])])
-    with pytest.raises(ValueError, match="shape \\[3, 63\\] does not match the model's \\[-1, 64\\]"):
-        mv.validate([InferInput("input", "FP32", (3, 63), None, rows[:, :63].tobytes())])
-    for bad in (np.nan, np.inf, -np.inf):
-        poisoned = rows.copy()
-        poisoned[2, 63] = bad
-        with pytest.raises(ValueError, match="contains NaN or infinity"):
-            mv.validate([InferInput("input", "FP32", (3, 64), None, poisoned.tobytes())])
-        with pytest.raises(ValueError, match="contains NaN or infinity"):  # typed contents, decoded
-            mv.validate([InferInput("input", "FP32", (3, 64), poisoned)])
-    with pytest.raises(ValueError, match="unknown datatype 'FP33'"):
-        mv.validate([InferInput("input", "FP33", (3, 64), None, rows.tobytes())])
-
-
 async def test_metrics_exposition(served) -> None:
     server, stub = served
     for _ in range(3):
