@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/collector.proto\x12\x0epseudoserve.v1\"E\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xf3\x01\n\rCaptureRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\x12&\n\x06inputs\x18\x05 \x03(\x0b\x32\x16.pseudoserve.v1.Tensor\x12\x15\n\rprobabilities\x18\x06 \x03(\x02\x12\x17\n\x0fpredicted_class\x18\x07 \x01(\x05\x12\x12\n\nconfidence\x18\x08 \x01(\x02\x12\x0e\n\x06margin\x18\t \x01(\x02\x12\x11\n\ttruncated\x18\n \x01(\x08\"`\n\x0c\x43\x61ptureBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12.\n\x07records\x18\x03 \x03(\x0b\x32\x1d.pseudoserve.v1.CaptureRecord\"Q\n\nCaptureAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12\r\n\x05\x65rror\x18\x04 \x01(\t2U\n\tCollector\x12H\n\x06Stream\x12\x1c.pseudoserve.v1.CaptureBatch\x1a\x1a.pseudoserve.v1.CaptureAck\"\x00(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/collector.proto\x12\x0epseudoserve.v1\"E\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x89\x02\n\x0c\x43\x61ptureGroup\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0brequest_ids\x18\x03 \x03(\t\x12\x14\n\x0ctimestamp_ns\x18\x04 \x03(\x03\x12+\n\x06inputs\x18\x05 \x03(\x0b\x32\x1b.pseudoserve.v1.InputColumn\x12\x0f\n\x07\x63lasses\x18\x06 \x01(\r\x12\x15\n\rprobabilities\x18\x07 \x01(\x0c\x12\x17\n\x0fpredicted_class\x18\x08 \x03(\x05\x12\x12\n\nconfidence\x18\t \x03(\x02\x12\x0e\n\x06margin\x18\n \x03(\x02\x12\x11\n\ttruncated\x18\x0b \x03(\r\"Y\n\x0bInputColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05sizes\x18\x05 \x03(\r\"d\n\x0c\x43\x61ptureBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12,\n\x06groups\x18\x04 \x03(\x0b\x32\x1c.pseudoserve.v1.CaptureGroupJ\x04\x08\x03\x10\x04\"Q\n\nCaptureAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12\r\n\x05\x65rror\x18\x04 \x01(\t2U\n\tCollector\x12H\n\x06Stream\x12\x1c.pseudoserve.v1.CaptureBatch\x1a\x1a.pseudoserve.v1.CaptureAck\"\x00(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENSOR']._serialized_start=42
   _globals['_TENSOR']._serialized_end=111
-  _globals['_CAPTURERECORD']._serialized_start=114
-  _globals['_CAPTURERECORD']._serialized_end=357
-  _globals['_CAPTUREBATCH']._serialized_start=359
-  _globals['_CAPTUREBATCH']._serialized_end=455
-  _globals['_CAPTUREACK']._serialized_start=457
-  _globals['_CAPTUREACK']._serialized_end=538
-  _globals['_COLLECTOR']._serialized_start=540
-  _globals['_COLLECTOR']._serialized_end=625
+  _globals['_CAPTUREGROUP']._serialized_start=114
+  _globals['_CAPTUREGROUP']._serialized_end=379
+  _globals['_INPUTCOLUMN']._serialized_start=381
+  _globals['_INPUTCOLUMN']._serialized_end=470
+  _globals['_CAPTUREBATCH']._serialized_start=472
+  _globals['_CAPTUREBATCH']._serialized_end=572
+  _globals['_CAPTUREACK']._serialized_start=574
+  _globals['_CAPTUREACK']._serialized_end=655
+  _globals['_COLLECTOR']._serialized_start=657
+  _globals['_COLLECTOR']._serialized_end=742
 # @@protoc_insertion_point(module_scope)

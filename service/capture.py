@@ -139,113 +139,161 @@ def _split_bytes_elements(data: bytes, count: int) -> list[bytes]:
     return out
 
 
-def _input_rows(inputs: Sequence[InputTuple], rows: int, batched: bool) -> list[list[collector_pb2.Tensor]]:
-    """Per-row tensors (shape [1, ...]) of every input."""
-    per_row: list[list[collector_pb2.Tensor]] = [[] for _ in range(rows)]
+def _row_chunks(inputs: Sequence[InputTuple], rows: int,
+                batched: bool) -> tuple[tuple[tuple[str, str, tuple[int, ...]], ...], list[list[bytes]]]:
+    """(signature: per input (name, datatype, per-sample shape), per input: the rows' bytes)."""
+    signature, columns = [], []
     for name, datatype, shape, raw in inputs:
         data = raw if isinstance(raw, bytes) else bytes(raw)
-        shape = list(shape)
+        shape = tuple(shape)
         if not batched:  # the model has no batch dimension: the request is one sample
-            per_row[0].append(collector_pb2.Tensor(name=name, datatype=datatype, shape=[1, *shape], data=data))
-            continue
-        if not shape or shape[0] != rows:  # not split along the batch: every row gets all of it
-            for tensors in per_row:
-                tensors.append(collector_pb2.Tensor(name=name, datatype=datatype, shape=shape, data=data))
-            continue
-        row_shape = [1, *shape[1:]]
-        if rows == 1:
-            per_row[0].append(collector_pb2.Tensor(name=name, datatype=datatype, shape=row_shape, data=data))
-            continue
-        if datatype == "BYTES":
-            per_row_count = math.prod(shape[1:])
-            elements = _split_bytes_elements(data, rows * per_row_count)
-            chunks = [b"".join(elements[i * per_row_count:(i + 1) * per_row_count]) for i in range(rows)]
+            signature.append((name, datatype, (1, *shape)))
+            columns.append([data])
+        elif not shape or shape[0] != rows:  # not split along the batch: every row gets all of it
+            signature.append((name, datatype, shape))
+            columns.append([data] * rows)
+        elif rows == 1:
+            signature.append((name, datatype, shape))
+            columns.append([data])
         else:
-            size = len(data) // rows
-            chunks = [data[i * size:(i + 1) * size] for i in range(rows)]
-        for tensors, chunk in zip(per_row, chunks):
-            tensors.append(collector_pb2.Tensor(name=name, datatype=datatype, shape=row_shape, data=chunk))
-    return per_row
+            signature.append((name, datatype, (1, *shape[1:])))
+            if datatype == "BYTES":
+                per_row_count = math.prod(shape[1:])
+                elements = _split_bytes_elements(data, rows * per_row_count)
+                columns.append([b"".join(elements[i * per_row_count:(i + 1) * per_row_count]) for i in range(rows)])
+            else:
+                size = len(data) // rows
+                columns.append([data[i * size:(i + 1) * size] for i in range(rows)])
+    return tuple(signature), columns
 
 
-def _prediction_stats(prob_arrays: list[np.ndarray | None]) -> list[tuple[list, list, list, list] | None]:
-    """Per item: (probability rows, predicted classes, confidences, margins) as Python lists,
-    computed for all items of a batch at once (one numpy pass per class count)."""
-    out: list[tuple[list, list, list, list] | None] = [None] * len(prob_arrays)
-    by_width: dict[int, list[int]] = {}
-    for index, p in enumerate(prob_arrays):
-        if p is not None and p.ndim in (1, 2) and p.shape[-1] > 0:
-            by_width.setdefault(int(p.shape[-1]), []).append(index)
-    for width, indices in by_width.items():
-        parts = [prob_arrays[i].reshape(-1, width) for i in indices]
-        P = as_distribution(np.concatenate(parts) if len(parts) > 1 else parts[0])  # (rows, classes)
-        rows = np.arange(len(P))
-        order = np.argsort(P, axis=1)
-        top1 = P[rows, order[:, -1]]
-        top2 = P[rows, order[:, -2]] if width > 1 else np.zeros_like(top1)
-        probs, pred, conf, margin = P.tolist(), order[:, -1].tolist(), top1.tolist(), (top1 - top2).tolist()
-        offset = 0
-        for i, part in zip(indices, parts):
-            n = len(part)
-            out[i] = (probs[offset:offset + n], pred[offset:offset + n], conf[offset:offset + n],
-                      margin[offset:offset + n])
-            offset += n
-    return out
+class _Group:
+    """The samples of one CaptureGroup while a batch is being built."""
+
+    __slots__ = (
+        "classes",
+        "columns",
+        "ids",
+        "model_name",
+        "model_version",
+        "probabilities",
+        "signature",
+        "timestamps",
+        "truncated",
+    )
+
+    def __init__(self, model_name: str, model_version: str, signature: tuple, classes: int) -> None:
+        self.model_name, self.model_version, self.signature, self.classes = model_name, model_version, signature, classes
+        self.ids: list[str] = []
+        self.timestamps: list[int] = []
+        self.columns: list[list[bytes]] = [[] for _ in signature]
+        self.probabilities: list[np.ndarray] = []
+        self.truncated: list[int] = []
+
+    def add_one(self, request_id: str, timestamp_ns: int, data: bytes, probabilities: np.ndarray | None,
+                max_record_bytes: int) -> int:
+        """Append a one-row request of a one-input model (see `add`)."""
+        self.ids.append(request_id)
+        self.timestamps.append(timestamp_ns)
+        if probabilities is not None:
+            self.probabilities.append(probabilities)
+        if len(data) + 4 * self.classes > max_record_bytes:
+            self.truncated.append(len(self.ids) - 1)
+            self.columns[0].append(b"")
+            return 1
+        self.columns[0].append(data)
+        return 0
+
+    def add(self, request_id: str, timestamp_ns: int, rows: int, columns: list[list[bytes]],
+            probabilities: np.ndarray | None, max_record_bytes: int) -> int:
+        """Append a request's rows; returns how many of them were truncated (inputs dropped)."""
+        first = len(self.ids)
+        self.ids.extend([request_id] if rows == 1 else [f"{request_id}#{i}" for i in range(rows)])
+        self.timestamps.extend([timestamp_ns] * rows)
+        if probabilities is not None:
+            self.probabilities.append(probabilities)
+        budget = max_record_bytes - 4 * self.classes
+        sizes = [sum(len(column[i]) for column in columns) for i in range(rows)] if rows > 1 else \
+            [sum(len(column[0]) for column in columns)]
+        cut = [i for i, size in enumerate(sizes) if size > budget]
+        for i in cut:
+            for column in columns:
+                column[i] = b""
+            self.truncated.append(first + i)
+        for mine, column in zip(self.columns, columns):
+            mine.extend(column)
+        return len(cut)
+
+    def write(self, out: Any) -> None:
+        """Append this group as a CaptureGroup to the repeated field `out` (all or nothing)."""
+        n = len(self.ids)
+        stats: dict[str, Any] = {"predicted_class": [-1] * n}
+        if self.classes:
+            P = as_distribution(np.concatenate(self.probabilities) if len(self.probabilities) > 1
+                                else self.probabilities[0])
+            rows = np.arange(n)
+            order = np.argsort(P, axis=1)
+            top1 = P[rows, order[:, -1]]
+            top2 = P[rows, order[:, -2]] if self.classes > 1 else np.zeros_like(top1)
+            stats = {"probabilities": P.astype("<f4").tobytes(), "predicted_class": order[:, -1].tolist(),
+                     "confidence": top1.tolist(), "margin": (top1 - top2).tolist()}
+        inputs = [collector_pb2.InputColumn(name=name, datatype=datatype, shape=shape, data=b"".join(column),
+                                            sizes=[len(chunk) for chunk in column])
+                  for (name, datatype, shape), column in zip(self.signature, self.columns)]
+        out.add(model_name=self.model_name, model_version=self.model_version, classes=self.classes,
+                request_ids=self.ids, timestamp_ns=self.timestamps, truncated=self.truncated, inputs=inputs, **stats)
 
 
-def _add_record(out: Any, request_id: str, model_name: str, model_version: str, timestamp_ns: int,
-                stat: tuple[list, list, list, list] | None, i: int, truncated: bool) -> collector_pb2.CaptureRecord:
-    """Append one CaptureRecord (without inputs) to the repeated field `out`, built in place."""
-    if stat is None:
-        return out.add(request_id=request_id, model_name=model_name, model_version=model_version,
-                       timestamp_ns=timestamp_ns, predicted_class=-1, truncated=truncated)
-    record = out.add(request_id=request_id, model_name=model_name, model_version=model_version,
-                     timestamp_ns=timestamp_ns, predicted_class=stat[1][i], confidence=stat[2][i],
-                     margin=stat[3][i], truncated=truncated)
-    record.probabilities.extend(stat[0][i])
-    return record
-
-
-def build_batch(items: Sequence[_Queued], max_record_bytes: int,
-                out: Any = None) -> tuple[Sequence[collector_pb2.CaptureRecord], int]:
-    """CaptureRecords of offered requests, appended in place to `out` (a CaptureBatch's `records`;
-    default: a new one); returns (the records, how many were truncated)."""
+def build_batch(items: Sequence[_Queued], max_record_bytes: int, out: Any = None) -> tuple[Any, int]:
+    """CaptureGroups of offered requests (one per model version, input signature and class
+    count), appended to `out` (a CaptureBatch's `groups`; default: a new one); returns (the
+    groups, how many samples were truncated)."""
     if out is None:
-        out = collector_pb2.CaptureBatch().records
-    prob_arrays = [probability_output(item[5]) for item in items]
-    stats = _prediction_stats(prob_arrays)
-    truncated = 0
-    for item, raw_probs, stat in zip(items, prob_arrays, stats):
-        timestamp_ns, request_id, model_name, model_version, inputs, _, rows = item
-        batched = raw_probs is None or raw_probs.ndim == 2
-        if rows == 1:  # the common case: no slicing, tensors added in place (no intermediate copies)
-            size = sum(len(raw) for _, _, _, raw in inputs)
-            too_large = size + 4 * (len(stat[0][0]) if stat else 0) > max_record_bytes
-            record = _add_record(out, request_id, model_name, model_version, timestamp_ns, stat, 0, too_large)
-            if too_large:
-                truncated += 1
-            else:
-                add = record.inputs.add
-                for name, datatype, shape, raw in inputs:
-                    add(name=name, datatype=datatype, shape=shape if batched else [1, *shape],
-                        data=raw if isinstance(raw, bytes) else bytes(raw))
-            continue
-        tensors = _input_rows(inputs, rows, batched)
-        for i in range(rows):
-            size = sum(len(t.data) for t in tensors[i])
-            too_large = size + 4 * (len(stat[0][i]) if stat else 0) > max_record_bytes
-            record = _add_record(out, f"{request_id}#{i}", model_name, model_version, timestamp_ns, stat, i,
-                                 too_large)
-            if too_large:
-                truncated += 1
-            else:
-                record.inputs.extend(tensors[i])
+        out = collector_pb2.CaptureBatch().groups
+    groups: dict[tuple, _Group] = {}
+    truncated = collect(items, groups, max_record_bytes)
+    for group in groups.values():
+        group.write(out)
     return out, truncated
 
 
-def build_records(item: _Queued, max_record_bytes: int) -> tuple[Sequence[collector_pb2.CaptureRecord], int]:
-    """CaptureRecords of one offered request (see build_batch)."""
-    return build_batch([item], max_record_bytes)
+def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_bytes: int) -> int:
+    """Add offered requests to the groups being built (keyed by model version, input signature
+    and class count); returns how many samples were truncated."""
+    truncated = 0
+    for item in items:
+        timestamp_ns, request_id, model_name, model_version, inputs, outputs, rows = item
+        probs = outputs.get("probabilities")
+        if probs is None:
+            probs = probability_output(outputs)
+        if probs is not None and (probs.ndim not in (1, 2) or probs.shape[-1] == 0):
+            probs = None
+        classes = int(probs.shape[-1]) if probs is not None else 0
+        if rows == 1 and len(inputs) == 1 and (probs is None or probs.ndim == 2):
+            # the common case (one sample, one input): no slicing, one flat key
+            name, datatype, shape, raw = inputs[0]
+            key = (model_name, model_version, classes, name, datatype, *shape)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group(model_name, model_version, ((name, datatype, tuple(shape)),), classes)
+            truncated += group.add_one(request_id, timestamp_ns, raw if isinstance(raw, bytes) else bytes(raw), probs,
+                                       max_record_bytes)
+            continue
+        batched = probs is None or probs.ndim == 2
+        signature, columns = _row_chunks(inputs, rows, batched)
+        key = (model_name, model_version, classes, *(part for name, datatype, shape in signature
+                                                    for part in (name, datatype, *shape)))  # as the fast path's
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Group(model_name, model_version, signature, classes)
+        truncated += group.add(request_id, timestamp_ns, rows, columns,
+                               probs.reshape(-1, classes) if probs is not None else None, max_record_bytes)
+    return truncated
+
+
+def samples_in(batch: collector_pb2.CaptureBatch) -> int:
+    """How many samples (records) a CaptureBatch carries."""
+    return sum(len(group.request_ids) for group in batch.groups)
 
 
 class _StreamBroken(Exception):
@@ -280,7 +328,7 @@ class Capture:
         self.metrics = CaptureMetrics(registry, self._captured, self.depth)
         self._pending: deque[_Queued] = deque()
         self._pending_records = 0
-        self._unacked: OrderedDict[int, collector_pb2.CaptureBatch] = OrderedDict()
+        self._unacked: OrderedDict[int, tuple[collector_pb2.CaptureBatch, int]] = OrderedDict()  # id -> (batch, samples)
         self._unacked_records = 0
         self._converting_records = 0  # taken from the queue, not yet a batch (conversion yields)
         self._next_batch_id = 1
@@ -434,9 +482,9 @@ class Capture:
         try:
             with self._lock:
                 resend = list(self._unacked.values())
-            for batch in resend:
+            for batch, samples in resend:
                 await call.write(batch)
-                self.metrics.sent.inc(len(batch.records))
+                self.metrics.sent.inc(samples)
             while True:
                 if reader.done():
                     reader.result()  # raises the stream's error
@@ -444,7 +492,7 @@ class Capture:
                 batch = await self._take_batch()
                 if batch is not None:
                     await call.write(batch)
-                    self.metrics.sent.inc(len(batch.records))
+                    self.metrics.sent.inc(samples_in(batch))
                     continue
                 if self._stopping and self._drained():
                     await call.done_writing()
@@ -468,11 +516,11 @@ class Capture:
             if ack.error:
                 raise _StreamBroken(f"trainer did not store batch {ack.batch_id}: {ack.error}")
             with self._lock:
-                batch = self._unacked.pop(ack.batch_id, None)
-                if batch is not None:
-                    self._unacked_records -= len(batch.records)
-            if batch is not None:
-                self.metrics.acknowledged.inc(len(batch.records))
+                sent = self._unacked.pop(ack.batch_id, None)
+                if sent is not None:
+                    self._unacked_records -= sent[1]
+            if sent is not None:
+                self.metrics.acknowledged.inc(sent[1])
                 state["acked"] = True
                 acked.set()
 
@@ -497,28 +545,27 @@ class Capture:
             self._next_batch_id += 1
         batch = collector_pb2.CaptureBatch(batch_id=batch_id, sender=self.sender)
         try:
-            truncated = 0
+            truncated, groups = 0, {}
             for start in range(0, len(items), CONVERT_CHUNK):
                 if start:
                     await asyncio.sleep(0)
-                truncated += build_batch(items[start:start + CONVERT_CHUNK], self._max_record_bytes, batch.records)[1]
+                truncated += collect(items[start:start + CONVERT_CHUNK], groups, self._max_record_bytes)
+            for group in groups.values():
+                group.write(batch.groups)
         except Exception:  # one malformed output must not stop capture: convert request by request
             log.debug("capture: batch conversion failed; converting request by request", exc_info=True)
-            del batch.records[:]
+            del batch.groups[:]
             truncated = 0
             for item in items:
                 try:
-                    built, cut = build_records(item, self._max_record_bytes)
+                    truncated += build_batch([item], self._max_record_bytes, batch.groups)[1]
                 except Exception:
                     log.exception("capture: cannot build records for request %s", item[1])
-                    continue
-                batch.records.extend(built)
-                truncated += cut
         if truncated:
             self.metrics.dropped.labels(reason="too_large").inc(truncated)
-        records = batch.records
+        samples = samples_in(batch)
         with self._lock:
-            self._unacked[batch_id] = batch
-            self._unacked_records += len(records)
+            self._unacked[batch_id] = (batch, samples)
+            self._unacked_records += samples
             self._converting_records = 0
         return batch

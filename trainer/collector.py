@@ -39,7 +39,7 @@ class CollectorServicer(collector_pb2_grpc.CollectorServicer):
         async for batch in request_iterator:
             try:
                 stored, duplicates = await loop.run_in_executor(self._executor, self._store.add_captured,
-                                                                batch.records)
+                                                                batch.groups)
             except Exception as e:
                 log.exception("capture batch %d from %s (%s) not stored", batch.batch_id, batch.sender, peer)
                 yield collector_pb2.CaptureAck(batch_id=batch.batch_id, error=f"not stored: {type(e).__name__}: {e}")

@@ -20,17 +20,20 @@ from `add_labeled`. Pseudo-labels are columns of unlabeled samples, not a pool o
 Retention limits apply to the `unlabeled` pool only (labels are never evicted): oldest first by
 arrival, counted in `pseudoserve_trainer_evicted_total{reason}`.
 
-Rows: a captured sample is stored as its serialized CaptureRecord plus the few scalar columns
-queries need (the collector's hot path does no per-tensor work: ~0.5 µs of C serialization per
-record); features and probabilities are decoded when read. X rows: the first input tensor,
-decoded with `service.tensors.decode_raw`, cast to float32, with its leading batch dimension (of 1)
-removed. Arrays returned are stacked rows of one per-sample shape; rows of another shape (a model
+Rows: a captured sample is stored as the bytes of its inputs exactly as received (every input's
+raw bytes one after another), a JSON spec of those inputs (`[[name, datatype, shape, nbytes],
+...]`, one string shared by the samples of a capture group), its served probabilities as float32
+bytes and the scalar columns queries need. The collector's hot path only slices the columns of a
+CaptureGroup (no message per sample); features and probabilities are decoded when read. X rows:
+the first input tensor, decoded with `service.tensors.decode_raw`, cast to float32, with its
+leading batch dimension (of 1) removed. Arrays returned are stacked rows of one per-sample shape; rows of another shape (a model
 whose input changed) are left out with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import sqlite3
@@ -52,7 +55,7 @@ from trainer.metrics import TrainerMetrics, trainer_metrics
 log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x50534453  # "PSDS": pseudoserve sample store
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: captured samples as input/probability columns (1: serialized records)
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 SPLITS = ("labeled", "holdout")
 _VICTIM = "id, nbytes, pseudo_label IS NOT NULL"  # columns eviction needs to keep the counts exact
@@ -67,8 +70,10 @@ CREATE TABLE samples (
     model_version TEXT NOT NULL DEFAULT '',
     timestamp_ns INTEGER NOT NULL,    -- when the service served it (captured) or it was added
     arrived_ns INTEGER NOT NULL,      -- when the store committed it (retention by age uses this)
-    record BLOB,                      -- serialized CaptureRecord: inputs exactly as received, probabilities
-    x BLOB,                           -- labeled/holdout rows: float32 features (captured rows decode `record`)
+    inputs BLOB,                      -- captured/feedback rows: every input's raw bytes as received, concatenated
+    input_spec TEXT,                  -- JSON [[name, datatype, shape, nbytes], ...] of `inputs`
+    probabilities BLOB,               -- captured rows: served probabilities, float32 little-endian
+    x BLOB,                           -- labeled/holdout/feedback rows: float32 features (captured rows decode `inputs`)
     x_shape TEXT,                     -- JSON per-sample shape of x
     predicted_class INTEGER,
     confidence REAL,
@@ -139,6 +144,10 @@ def _check_header(path: Path) -> None:
                          f"understands ({SCHEMA_VERSION})")
     if user_version < 1:
         raise StoreError(f"{path}: sample store has no schema version (incomplete initialisation?)")
+    if user_version < SCHEMA_VERSION:
+        raise StoreError(f"{path}: sample store schema {user_version} was written by an earlier pseudoserve; this "
+                         f"one reads schema {SCHEMA_VERSION} only (start a new store, or keep serving this one "
+                         f"with the pseudoserve that wrote it)")
 
 
 def _verify_read_only(path: Path) -> None:
@@ -178,20 +187,39 @@ def row_from_tensor(tensor: collector_pb2.Tensor, field: str) -> tuple[np.ndarra
     return row, shape[1:]
 
 
-def _features(x: bytes | None, x_shape: str | None, record: bytes | None) -> np.ndarray | None:
+_SPECS: dict[str, list] = {}  # input_spec string -> parsed (a few distinct strings per store)
+
+
+def _spec(text: str) -> list:
+    spec = _SPECS.get(text)
+    if spec is None:
+        spec = _SPECS[text] = json.loads(text)
+    return spec
+
+
+def input_tensors(inputs: bytes | None, input_spec: str | None) -> list[collector_pb2.Tensor]:
+    """The stored input tensors of one sample (none when its inputs were truncated)."""
+    if inputs is None or not input_spec:
+        return []
+    out, offset = [], 0
+    for name, datatype, shape, nbytes in _spec(input_spec):
+        out.append(collector_pb2.Tensor(name=name, datatype=datatype, shape=shape, data=inputs[offset:offset + nbytes]))
+        offset += nbytes
+    return out
+
+
+def _features(x: bytes | None, x_shape: str | None, inputs: bytes | None, input_spec: str | None) -> np.ndarray | None:
     """One stored sample's float32 feature row, or None when it has none (truncated/undecodable)."""
     if x is not None:
         return np.frombuffer(x, dtype=np.float32).reshape(json.loads(x_shape))
-    if record is None:
+    if inputs is None or not input_spec:
         return None
-    parsed = collector_pb2.CaptureRecord.FromString(record)
-    if not parsed.inputs:
-        return None
-    first = parsed.inputs[0]
+    name, datatype, shape, nbytes = _spec(input_spec)[0]
     try:
-        if first.datatype == "FP32" and len(first.shape) >= 1 and first.shape[0] == 1:
-            return np.frombuffer(first.data, dtype=np.float32).reshape(list(first.shape)[1:])
-        return row_from_tensor(first, f"sample {parsed.request_id!r} inputs[0]")[0]
+        if datatype == "FP32" and len(shape) >= 1 and shape[0] == 1:
+            return np.frombuffer(inputs, dtype=np.float32, count=nbytes // 4).reshape(shape[1:])
+        tensor = collector_pb2.Tensor(name=name, datatype=datatype, shape=shape, data=inputs[:nbytes])
+        return row_from_tensor(tensor, f"stored sample input {name!r}")[0]
     except (InvalidSampleError, ValueError) as e:
         log.warning("stored %s", e)
         return None
@@ -211,11 +239,57 @@ def _stack(rows: list[np.ndarray | None], where: str) -> tuple[np.ndarray, np.nd
     return np.stack([r for r, k in zip(rows, keep) if k]).astype(np.float32, copy=False), keep
 
 
-def _captured_row(record: collector_pb2.CaptureRecord, now: int) -> tuple:
-    """The samples row of one captured record (the collector's hot path: scalars + one serialize)."""
-    blob = record.SerializeToString()
-    return (record.request_id, record.model_name, record.model_version, record.timestamp_ns or now, now, blob,
-            record.predicted_class, record.confidence, record.margin, int(record.truncated), len(blob))
+def _group_rows(group: collector_pb2.CaptureGroup, field: str, now: int) -> list[tuple]:
+    """The samples rows of one CaptureGroup (the collector's hot path: slicing only). A group whose
+    columns disagree raises InvalidSampleError naming `field` and the column; nothing is stored."""
+    n = len(group.request_ids)
+    for column, values in (("timestamp_ns", group.timestamp_ns), ("predicted_class", group.predicted_class)):
+        if len(values) != n:
+            raise InvalidSampleError(f"{field}.{column} has {len(values)} entries for {n} request_ids")
+    width = group.classes
+    if width:
+        for column, values in (("confidence", group.confidence), ("margin", group.margin)):
+            if len(values) != n:
+                raise InvalidSampleError(f"{field}.{column} has {len(values)} entries for {n} request_ids")
+        if len(group.probabilities) != 4 * width * n:
+            raise InvalidSampleError(f"{field}.probabilities has {len(group.probabilities)} bytes; expected "
+                                     f"{4 * width * n} ({n} samples x {width} classes x 4)")
+        probabilities = [group.probabilities[i * 4 * width:(i + 1) * 4 * width] for i in range(n)]
+        confidence, margin = group.confidence, group.margin
+    else:
+        probabilities = confidence = margin = [None] * n
+    truncated = [0] * n
+    for index in group.truncated:
+        if index >= n:
+            raise InvalidSampleError(f"{field}.truncated names sample {index} of {n}")
+        truncated[index] = 1
+    columns, sizes = [], []
+    for j, column in enumerate(group.inputs):
+        if len(column.sizes) != n or sum(column.sizes) != len(column.data):
+            raise InvalidSampleError(f"{field}.inputs[{j}].sizes: {len(column.sizes)} sizes summing to "
+                                     f"{sum(column.sizes)} for {n} samples and {len(column.data)} bytes")
+        ends = list(itertools.accumulate(column.sizes))
+        data = column.data
+        columns.append([data[end - size:end] for end, size in zip(ends, column.sizes)])
+        sizes.append(column.sizes)
+    if len(columns) == 1:
+        inputs = columns[0]
+    else:
+        inputs = [b"".join(parts) for parts in zip(*columns)] if columns else [b""] * n
+    head = [(c.name, c.datatype, list(c.shape)) for c in group.inputs]
+    specs: dict[tuple, str] = {}
+    spec_of = []
+    for per_sample in zip(*sizes) if sizes else [()] * n:
+        spec = specs.get(per_sample)
+        if spec is None:
+            spec = specs[per_sample] = json.dumps([[*h, size] for h, size in zip(head, per_sample)])
+        spec_of.append(spec)
+    model, version = group.model_name, group.model_version
+    return [(request_id, model, version, timestamp or now, now, None if cut else blob, None if cut else spec, probs,
+             predicted, conf, mar, cut, (0 if cut else len(blob)) + (len(probs) if probs else 0))
+            for request_id, timestamp, blob, spec, probs, predicted, conf, mar, cut
+            in zip(group.request_ids, group.timestamp_ns, inputs, spec_of, probabilities, group.predicted_class,
+                   confidence, margin, truncated)]
 
 
 class SampleStore:
@@ -276,12 +350,13 @@ class SampleStore:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def add_captured(self, records: Sequence[collector_pb2.CaptureRecord]) -> tuple[int, int]:
-        """Store a capture batch in one transaction; returns (stored, duplicates). Duplicates are
-        records whose (request_id, model_name) is already stored (a resent batch) or repeated
-        within the batch."""
+    def add_captured(self, groups: Sequence[collector_pb2.CaptureGroup]) -> tuple[int, int]:
+        """Store the CaptureGroups of one capture batch in one transaction; returns (stored,
+        duplicates). Duplicates are samples whose (request_id, model_name) is already stored (a
+        resent batch) or repeated within the batch. A malformed group raises InvalidSampleError
+        and nothing of the batch is stored."""
         now = time.time_ns()
-        rows = [_captured_row(record, now) for record in records]
+        rows = [row for i, group in enumerate(groups) for row in _group_rows(group, f"groups[{i}]", now)]
         with self._lock:
             try:
                 with self._transaction():
@@ -290,8 +365,8 @@ class SampleStore:
                     last_id = self._con.execute("SELECT COALESCE(MAX(id), 0) FROM samples").fetchone()[0]
                     stored = self._con.executemany(
                         "INSERT OR IGNORE INTO samples (pool, request_id, model_name, model_version, timestamp_ns, "
-                        "arrived_ns, record, predicted_class, confidence, margin, truncated, nbytes) "
-                        "VALUES ('unlabeled', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "arrived_ns, inputs, input_spec, probabilities, predicted_class, confidence, margin, "
+                        "truncated, nbytes) VALUES ('unlabeled', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         rows).rowcount
                     if stored == len(rows):
                         nbytes = sum(r[-1] for r in rows)
@@ -305,7 +380,7 @@ class SampleStore:
                 self._recount()  # the transaction rolled back: the in-memory counts must follow
                 raise
             counts = dict(self._counts)
-        duplicates = len(records) - stored
+        duplicates = len(rows) - stored
         self._metrics.stored.inc(stored)
         self._metrics.duplicates.inc(duplicates)
         for reason, n in evicted.items():
@@ -358,9 +433,10 @@ class SampleStore:
                 if not item.sample.inputs:
                     raise InvalidSampleError(f"items[{i}].sample.inputs is empty")
                 row, per_sample = row_from_tensor(item.sample.inputs[0], f"items[{i}].sample.inputs[0]")
-                blob = collector_pb2.CaptureRecord(inputs=item.sample.inputs, timestamp_ns=now).SerializeToString()
-                new_rows.append(("feedback", now, now, blob, row.tobytes(), json.dumps(per_sample), item.label, now,
-                                 len(blob) + row.nbytes))
+                blob = b"".join(t.data for t in item.sample.inputs)
+                spec = json.dumps([[t.name, t.datatype, list(t.shape), len(t.data)] for t in item.sample.inputs])
+                new_rows.append(("feedback", now, now, blob, spec, row.tobytes(), json.dumps(per_sample), item.label,
+                                 now, len(blob) + row.nbytes))
         accepted, unknown = 0, []
         with self._lock, self._transaction():
             for item in items:
@@ -374,8 +450,8 @@ class SampleStore:
                 else:
                     unknown.append(item.request_id)
             self._con.executemany(
-                "INSERT INTO samples (pool, timestamp_ns, arrived_ns, record, x, x_shape, label, label_ns, nbytes) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows)
+                "INSERT INTO samples (pool, timestamp_ns, arrived_ns, inputs, input_spec, x, x_shape, label, label_ns, "
+                "nbytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows)
         self._recount_and_publish()
         return accepted + len(new_rows), unknown
 
@@ -410,18 +486,18 @@ class SampleStore:
         if split not in ARRAY_POOLS:
             raise InvalidSampleError(f"split must be one of {ARRAY_POOLS}, got {split!r}")
         with self._lock:
-            rows = self._con.execute("SELECT x, x_shape, record, label FROM samples WHERE pool = ? AND "
+            rows = self._con.execute("SELECT x, x_shape, inputs, input_spec, label FROM samples WHERE pool = ? AND "
                                      "(x IS NOT NULL OR truncated = 0) ORDER BY id", (split,)).fetchall()
-        X, keep = _stack([_features(r[0], r[1], r[2]) for r in rows], f"{self.path} pool {split}")
-        y = np.array([r[3] for r in rows], dtype=np.int64)[keep] if rows else np.zeros(0, dtype=np.int64)
+        X, keep = _stack([_features(*r[:4]) for r in rows], f"{self.path} pool {split}")
+        y = np.array([r[4] for r in rows], dtype=np.int64)[keep] if rows else np.zeros(0, dtype=np.int64)
         return X, y
 
     def unlabeled_arrays(self, *, limit: int | None = None,
                          model_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(sample ids int64, X float32) of captured samples without a true label, newest first
         (all of them when `limit` is None), optionally of one model."""
-        rows = self._unlabeled_rows("id, x, x_shape, record", "truncated = 0", limit, model_name)
-        X, keep = _stack([_features(r[1], r[2], r[3]) for r in rows], f"{self.path} unlabeled pool")
+        rows = self._unlabeled_rows("id, x, x_shape, inputs, input_spec", "truncated = 0", limit, model_name)
+        X, keep = _stack([_features(*r[1:]) for r in rows], f"{self.path} unlabeled pool")
         ids = np.array([r[0] for r in rows], dtype=np.int64)[keep] if rows else np.zeros(0, dtype=np.int64)
         return ids, X
 
@@ -444,15 +520,14 @@ class SampleStore:
                              model_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(sample ids int64, probabilities float32 (n, classes)) the service answered for the
         unlabeled pool, newest first; rows with another class count than the newest are left out."""
-        rows = self._unlabeled_rows("id, record", "record IS NOT NULL", limit, model_name)
-        parsed = [(r[0], collector_pb2.CaptureRecord.FromString(r[1]).probabilities) for r in rows]
-        parsed = [(i, p) for i, p in parsed if len(p)]
-        if not parsed:
+        rows = self._unlabeled_rows("id, probabilities", "probabilities IS NOT NULL", limit, model_name)
+        rows = [r for r in rows if r[1]]
+        if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-        width = len(parsed[0][1])
-        kept = [(i, p) for i, p in parsed if len(p) == width]
-        probs = np.array([list(p) for _, p in kept], dtype=np.float32).reshape(len(kept), width)
-        return np.array([i for i, _ in kept], dtype=np.int64), probs
+        nbytes = len(rows[0][1])
+        kept = [r for r in rows if len(r[1]) == nbytes]
+        probs = np.frombuffer(b"".join(r[1] for r in kept), dtype="<f4").reshape(len(kept), nbytes // 4)
+        return np.array([r[0] for r in kept], dtype=np.int64), probs.astype(np.float32)
 
     def samples_by_id(self, ids: Sequence[int]) -> list[StoredSample]:
         """The stored samples with these ids, in the order asked (missing ids are skipped)."""
@@ -462,12 +537,12 @@ class SampleStore:
                 chunk = [int(i) for i in ids[start:start + 500]]
                 marks = ",".join("?" * len(chunk))
                 for row in self._con.execute(
-                        f"SELECT id, request_id, model_version, predicted_class, record "
+                        f"SELECT id, request_id, model_version, predicted_class, probabilities, inputs, input_spec "
                         f"FROM samples WHERE id IN ({marks})", chunk):
-                    record = collector_pb2.CaptureRecord.FromString(row[4] or b"")
                     found[row[0]] = StoredSample(row[0], row[1] or "", row[2],
-                                                 np.array(record.probabilities, dtype=np.float32),
-                                                 int(row[3] if row[3] is not None else -1), list(record.inputs))
+                                                 np.frombuffer(row[4] or b"", dtype="<f4").astype(np.float32),
+                                                 int(row[3] if row[3] is not None else -1),
+                                                 input_tensors(row[5], row[6]))
         return [found[int(i)] for i in ids if int(i) in found]
 
     def pseudo_labels(self) -> dict[int, int]:

@@ -2,27 +2,52 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 
 from protos import collector_pb2
+from service.capture import build_batch
+
+
+@dataclass(frozen=True)
+class Captured:
+    """One served sample as the service queues it for capture: input shape [1, *x.shape]."""
+
+    request_id: str
+    x: np.ndarray  # float32 features
+    probabilities: np.ndarray  # float32 distribution
+    model: str = "classifier"
+    version: str = "1"
+
+    @property
+    def nbytes(self) -> int:
+        """What the store counts for it: input bytes plus probability bytes."""
+        return self.x.nbytes + self.probabilities.nbytes
+
+    def offered(self) -> tuple:
+        """The item `service.capture.Capture.offer` queues for this sample."""
+        return (1, self.request_id, self.model, self.version,
+                [("input", "FP32", [1, *self.x.shape], self.x.tobytes())], {"probabilities": self.probabilities[None, :]}, 1)
 
 
 def make_record(request_id: str, x: np.ndarray, probs: np.ndarray, *, model: str = "classifier",
-                version: str = "1") -> collector_pb2.CaptureRecord:
-    """One captured sample as the service sends it: input shape [1, *x.shape]."""
-    x = np.asarray(x, dtype=np.float32)
-    probs = np.asarray(probs, dtype=np.float32)
-    top = np.sort(probs)[::-1]
-    return collector_pb2.CaptureRecord(
-        request_id=request_id, model_name=model, model_version=version, timestamp_ns=1,
-        inputs=[collector_pb2.Tensor(name="input", datatype="FP32", shape=[1, *x.shape], data=x.tobytes())],
-        probabilities=probs.tolist(), predicted_class=int(np.argmax(probs)), confidence=float(top[0]),
-        margin=float(top[0] - top[1]))
+                version: str = "1") -> Captured:
+    return Captured(request_id, np.asarray(x, dtype=np.float32), np.asarray(probs, dtype=np.float32), model, version)
+
+
+def groups(records: list[Captured], *, max_record_bytes: int = 1 << 20) -> list[collector_pb2.CaptureGroup]:
+    """The CaptureGroups the service sends for these samples (its own conversion)."""
+    return list(build_batch([r.offered() for r in records], max_record_bytes)[0])
+
+
+def batch(batch_id: int, records: list[Captured], sender: str = "test") -> collector_pb2.CaptureBatch:
+    return collector_pb2.CaptureBatch(batch_id=batch_id, sender=sender, groups=groups(records))
 
 
 def random_records(n: int, *, start: int = 0, features: int = 4, classes: int = 3, seed: int = 0,
-                   model: str = "classifier") -> list[collector_pb2.CaptureRecord]:
+                   model: str = "classifier") -> list[Captured]:
     rng = np.random.default_rng(seed + start)
     out = []
     for i in range(start, start + n):
@@ -33,5 +58,5 @@ def random_records(n: int, *, start: int = 0, features: int = 4, classes: int = 
 
 
 @pytest.fixture
-def records() -> list[collector_pb2.CaptureRecord]:
+def records() -> list[Captured]:
     return random_records(20)

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pseudoserve.demo import free_port
-from service.capture import CONVERT_CHUNK, Capture, as_distribution, build_records
+from service.capture import CONVERT_CHUNK, Capture, as_distribution, build_batch, samples_in
 from tests.trainer.helpers import eventually, start_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,24 +42,37 @@ def _offer(capture: Capture, request_id: str, rng: np.random.Generator, rows: in
     return x, probs
 
 
-def test_build_records_splits_rows_and_computes_confidence_and_margin() -> None:
+def test_build_batch_splits_rows_and_computes_confidence_and_margin() -> None:
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     logits = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 5.0]], dtype=np.float32)  # not distributions: softmaxed
     item = (5, "r", "m", "3", [("input", "FP32", [2, 4], x.tobytes())], {"logits": logits}, 2)
-    records, truncated = build_records(item, max_record_bytes=1 << 20)
-    assert truncated == 0 and [r.request_id for r in records] == ["r#0", "r#1"]
-    p = as_distribution(logits)
-    for i, record in enumerate(records):
-        assert record.model_version == "3" and record.timestamp_ns == 5
-        assert list(record.inputs[0].shape) == [1, 4]
-        assert np.frombuffer(record.inputs[0].data, dtype=np.float32).tolist() == x[i].tolist()
-        np.testing.assert_allclose(record.probabilities, p[i], rtol=1e-6)
-        top = np.sort(p[i])[::-1]
-        assert record.predicted_class == int(np.argmax(p[i]))
-        assert record.confidence == pytest.approx(top[0], rel=1e-6)
-        assert record.margin == pytest.approx(top[0] - top[1], rel=1e-5)
-    records, truncated = build_records(item, max_record_bytes=20)
-    assert truncated == 2 and all(r.truncated and not r.inputs and r.probabilities for r in records)
+    one = (6, "s", "m", "3", [("input", "FP32", [1, 4], x[:1].tobytes())], {"logits": logits[:1]}, 1)
+    other = (7, "t", "m", "4", [("input", "FP32", [1, 4], x[:1].tobytes())], {"logits": logits[:1]}, 1)
+    groups, truncated = build_batch([item, one, other], max_record_bytes=1 << 20)
+    assert truncated == 0 and [(g.model_version, list(g.request_ids)) for g in groups] == [("3", ["r#0", "r#1", "s"]),
+                                                                                          ("4", ["t"])]
+    group = groups[0]
+    assert list(group.timestamp_ns) == [5, 5, 6] and group.classes == 3 and not group.truncated
+    (column,) = group.inputs
+    assert (column.name, column.datatype, list(column.shape), list(column.sizes)) == ("input", "FP32", [1, 4],
+                                                                                      [16, 16, 16])
+    assert column.data == x.tobytes() + x[:1].tobytes()
+    p = as_distribution(np.concatenate([logits, logits[:1]]))
+    np.testing.assert_allclose(np.frombuffer(group.probabilities, "<f4").reshape(3, 3), p, rtol=1e-6)
+    top = np.sort(p, axis=1)[:, ::-1]
+    assert list(group.predicted_class) == np.argmax(p, axis=1).tolist()
+    np.testing.assert_allclose(group.confidence, top[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(group.margin, top[:, 0] - top[:, 1], rtol=1e-5)
+    groups, truncated = build_batch([item, one], max_record_bytes=20)  # 16 input + 12 probability bytes each
+    assert truncated == 3 and list(groups[0].truncated) == [0, 1, 2]
+    assert groups[0].inputs[0].data == b"" and list(groups[0].inputs[0].sizes) == [0, 0, 0]
+    assert len(groups[0].probabilities) == 3 * 3 * 4
+
+
+def test_a_model_without_probabilities_yields_class_minus_one() -> None:
+    item = (1, "r", "m", "1", [("input", "INT64", [1, 2], np.arange(2).tobytes())], {"ids": np.zeros((1, 2), np.int64)}, 1)
+    (group,), _ = build_batch([item], max_record_bytes=1 << 20)
+    assert group.classes == 0 and list(group.predicted_class) == [-1] and group.probabilities == b""
 
 
 async def test_offered_requests_reach_the_store_with_ids_versions_and_confidences(tmp_path: Path) -> None:
@@ -196,7 +209,7 @@ async def test_records_being_converted_stay_counted_until_they_are_a_batch() -> 
     _offer(capture, "over the bound", rng)  # n + 2 > n + 1: the oldest *queued* record goes
     assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 1
     batch = await converting
-    assert len(batch.records) == n and capture.depth() == n + 1
+    assert samples_in(batch) == n and capture.depth() == n + 1
     converting = asyncio.ensure_future(capture._take_batch())
     await capture.stop(0.01)  # nothing is listening: everything still held is counted
     assert _value(registry, "pseudoserve_capture_dropped_total", reason="shutdown") == n + 1

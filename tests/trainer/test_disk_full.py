@@ -11,13 +11,13 @@ from pathlib import Path
 import grpc
 
 from protos import collector_pb2, collector_pb2_grpc
-from tests.trainer.conftest import random_records
+from tests.trainer.conftest import batch, random_records
 from tests.trainer.helpers import start_trainer
 
 
-async def _send(port: int, batch: collector_pb2.CaptureBatch) -> collector_pb2.CaptureAck:
+async def _send(port: int, capture_batch: collector_pb2.CaptureBatch) -> collector_pb2.CaptureAck:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        acks = [ack async for ack in collector_pb2_grpc.CollectorStub(channel).Stream(iter([batch]), timeout=20)]
+        acks = [ack async for ack in collector_pb2_grpc.CollectorStub(channel).Stream(iter([capture_batch]), timeout=20)]
     assert len(acks) == 1
     return acks[0]
 
@@ -25,13 +25,13 @@ async def _send(port: int, batch: collector_pb2.CaptureBatch) -> collector_pb2.C
 async def test_full_disk_refuses_the_batch_without_acking_and_the_resend_lands(tmp_path: Path) -> None:
     process = await start_trainer(tmp_path)
     try:
-        first = await _send(process.grpc_port, collector_pb2.CaptureBatch(batch_id=1, records=random_records(20)))
+        first = await _send(process.grpc_port, batch(1, random_records(20)))
         assert (first.stored, first.error) == (20, "")
         con = process.store._con  # the store's own connection: cap the file at its current size
         pages = con.execute("PRAGMA page_count").fetchone()[0]
         con.execute(f"PRAGMA max_page_count = {pages}")
         big = random_records(400, start=1000, features=256)
-        ack = await _send(process.grpc_port, collector_pb2.CaptureBatch(batch_id=2, records=big))
+        ack = await _send(process.grpc_port, batch(2, big))
         assert ack.stored == 0 and "full" in ack.error.lower(), ack
         # nothing of the failed batch is visible; what was acknowledged before is intact
         reader = sqlite3.connect(tmp_path / "store.db")
@@ -40,7 +40,7 @@ async def test_full_disk_refuses_the_batch_without_acking_and_the_resend_lands(t
         reader.close()
         # room is made (retention, a bigger volume): the service's resend of the same batch lands
         con.execute("PRAGMA max_page_count = 1073741823")
-        ack = await _send(process.grpc_port, collector_pb2.CaptureBatch(batch_id=2, records=big))
+        ack = await _send(process.grpc_port, batch(2, big))
         assert (ack.stored, ack.duplicates, ack.error) == (400, 0, "")
     finally:
         await process.stop(0.5)

@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_digits
 
 from protos import (
-    collector_pb2,
     inference_pb2,
     inference_pb2_grpc,
     trainer_pb2,
@@ -32,6 +31,7 @@ from pseudoserve.cli import main as cli
 from pseudoserve.demo import free_port, write_labeled
 from service.server import InferenceServer
 from tests.fixtures.servers import make_settings
+from tests.trainer.conftest import Captured, groups, make_record
 from trainer.engine.settings import EngineSettings
 from trainer.metrics import trainer_metrics
 from trainer.online import OnlineTrainer
@@ -190,14 +190,9 @@ async def test_new_samples_trigger_a_round_by_themselves(bootstrapped, tmp_path)
             await asyncio.sleep(0.2)
 
 
-def _record(i: int, confidence: float) -> collector_pb2.CaptureRecord:
+def _record(i: int, confidence: float) -> Captured:
     rest = (1 - confidence) / 9
-    proba = [confidence] + [rest] * 9
-    record = collector_pb2.CaptureRecord(request_id=f"r{i}", model_name=MODEL, model_version="1",
-                                         timestamp_ns=time.time_ns(), probabilities=proba, predicted_class=0,
-                                         confidence=confidence, margin=confidence - rest)
-    record.inputs.add(name="input", datatype="FP32", shape=[1, 2], data=np.zeros(2, np.float32).tobytes())
-    return record
+    return make_record(f"r{i}", np.zeros(2), [confidence] + [rest] * 9, model=MODEL)
 
 
 async def test_confidence_drift_triggers_a_round(tmp_path) -> None:
@@ -210,11 +205,11 @@ async def test_confidence_drift_triggers_a_round(tmp_path) -> None:
     online = OnlineTrainer(settings, EngineSettings(), store, trainer_metrics(CollectorRegistry()),
                            ServiceClient("127.0.0.1:1"), store_call)
     rng = np.random.default_rng(0)
-    store.add_captured([_record(i, c) for i, c in enumerate(rng.uniform(0.9, 1.0, 50))])
+    store.add_captured(groups([_record(i, c) for i, c in enumerate(rng.uniform(0.9, 1.0, 50))]))
     assert await online._drift() is None  # first full window: the reference
-    store.add_captured([_record(100 + i, c) for i, c in enumerate(rng.uniform(0.9, 1.0, 50))])
+    store.add_captured(groups([_record(100 + i, c) for i, c in enumerate(rng.uniform(0.9, 1.0, 50))]))
     assert await online._drift() is None  # same distribution
-    store.add_captured([_record(200 + i, c) for i, c in enumerate(rng.uniform(0.4, 0.7, 50))])
+    store.add_captured(groups([_record(200 + i, c) for i, c in enumerate(rng.uniform(0.4, 0.7, 50))]))
     reason = await online._drift()
     assert reason is not None and "KS statistic" in reason
     store.close()

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import collector_pb2, collector_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-from tests.trainer.conftest import make_record, random_records
+from tests.trainer.conftest import batch, make_record, random_records
 from tests.trainer.helpers import start_trainer, write_softmax_model
 from trainer.cli_online import status_dict
 
@@ -40,9 +40,9 @@ async def _stream(process, batches, metadata=None) -> list[collector_pb2.Capture
 
 async def test_collector_acks_each_batch_after_commit_and_dedups(trainer, tmp_path: Path) -> None:
     recs = random_records(30)
-    batches = [collector_pb2.CaptureBatch(batch_id=1, sender="t", records=recs[:10]),
-               collector_pb2.CaptureBatch(batch_id=2, sender="t", records=recs[10:]),
-               collector_pb2.CaptureBatch(batch_id=3, sender="t", records=recs[5:15])]  # a resend
+    batches = [batch(1, recs[:10], sender="t"),
+               batch(2, recs[10:], sender="t"),
+               batch(3, recs[5:15], sender="t")]  # a resend
     acks = await _stream(trainer, batches)
     assert [(a.batch_id, a.stored, a.duplicates, a.error) for a in acks] == [(1, 10, 0, ""), (2, 20, 0, ""),
                                                                                (3, 0, 10, "")]
@@ -52,7 +52,7 @@ async def test_collector_acks_each_batch_after_commit_and_dedups(trainer, tmp_pa
 
 
 async def test_status_submit_labels_and_status_json(trainer) -> None:
-    await _stream(trainer, [collector_pb2.CaptureBatch(batch_id=1, records=random_records(5))])
+    await _stream(trainer, [batch(1, random_records(5))])
     async with _channel(trainer) as channel:
         stub = trainer_pb2_grpc.TrainerStub(channel)
         reply = await stub.SubmitLabels(trainer_pb2.SubmitLabelsRequest(items=[
@@ -66,7 +66,7 @@ async def test_status_submit_labels_and_status_json(trainer) -> None:
     json.dumps(data)
     # the label landed on the right sample: req-2's features
     X, y = trainer.store.labeled_arrays("feedback")
-    np.testing.assert_array_equal(X[0], np.frombuffer(random_records(5)[2].inputs[0].data, dtype=np.float32))
+    np.testing.assert_array_equal(X[0], random_records(5)[2].x)
     assert y.tolist() == [1]
 
 
@@ -91,8 +91,7 @@ def _record_with_margin(i: int, margin: float):
 
 @pytest.mark.parametrize("strategy", ["margin", "least_confidence", "entropy", ""])
 async def test_list_uncertain_returns_lowest_margin_samples_from_served_probabilities(trainer, strategy) -> None:
-    await _stream(trainer, [collector_pb2.CaptureBatch(
-        batch_id=1, records=[_record_with_margin(i, m) for i, m in enumerate(MARGINS)])])
+    await _stream(trainer, [batch(1, [_record_with_margin(i, m) for i, m in enumerate(MARGINS)])])
     async with _channel(trainer) as channel:
         reply = await trainer_pb2_grpc.TrainerStub(channel).ListUncertain(
             trainer_pb2.ListUncertainRequest(k=3, strategy=strategy), timeout=10)
@@ -112,7 +111,7 @@ async def test_list_uncertain_rescores_with_the_served_onnx_model(tmp_path: Path
     try:
         gaps = [3.0, 0.1, 1.0, 0.02, 2.0]  # logit differences -> the model's margin grows with the gap
         recs = [make_record(f"g-{i}", np.array([g, 0, 0, 0]), [0.99, 0.01], version="1") for i, g in enumerate(gaps)]
-        await _stream(process, [collector_pb2.CaptureBatch(batch_id=1, records=recs)])
+        await _stream(process, [batch(1, recs)])
         async with _channel(process) as channel:
             stub = trainer_pb2_grpc.TrainerStub(channel)
             reply = await stub.ListUncertain(trainer_pb2.ListUncertainRequest(k=2, strategy="margin"), timeout=10)
@@ -168,9 +167,9 @@ async def test_bearer_token_guards_state_changing_rpcs_and_the_collector(tmp_pat
                 metadata=[("authorization", "Bearer s3cret")], timeout=10)
             assert list(ok.unknown_ids) == ["x"]
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await _stream(process, [collector_pb2.CaptureBatch(batch_id=1, records=random_records(1))])
+            await _stream(process, [batch(1, random_records(1))])
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        acks = await _stream(process, [collector_pb2.CaptureBatch(batch_id=1, records=random_records(1))],
+        acks = await _stream(process, [batch(1, random_records(1))],
                              metadata=[("authorization", "Bearer s3cret")])
         assert acks[0].stored == 1
     finally:
@@ -182,7 +181,7 @@ async def test_health_metrics_and_reports_over_http(trainer, tmp_path: Path) -> 
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="pseudoserve.v1.Collector"), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    await _stream(trainer, [collector_pb2.CaptureBatch(batch_id=1, records=random_records(3))])
+    await _stream(trainer, [batch(1, random_records(3))])
     (tmp_path / "reports" / "round-1").mkdir(parents=True)
     (tmp_path / "reports" / "round-1" / "index.html").write_text("<h1>round 1</h1>")
     base = f"http://127.0.0.1:{trainer.metrics_port}"

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from protos import collector_pb2, trainer_pb2
-from tests.trainer.conftest import make_record, random_records
+from tests.trainer.conftest import groups, make_record, random_records
 from trainer.store import InvalidSampleError, Retention, SampleStore, StoreError
 
 
@@ -23,15 +23,15 @@ def test_captured_records_round_trip_and_duplicates_are_stored_once(tmp_path: Pa
     registry = CollectorRegistry()
     recs = random_records(10)
     with SampleStore(tmp_path / "s.db", registry=registry) as store:
-        assert store.add_captured(recs[:6]) == (6, 0)
-        assert store.add_captured(recs) == (4, 6)  # a resent batch plus new ones
+        assert store.add_captured(groups(recs[:6])) == (6, 0)
+        assert store.add_captured(groups(recs)) == (4, 6)  # a resent batch plus new ones
         assert store.counts()["unlabeled"] == 10
         # the byte count follows only the rows really inserted
-        assert store.counts()["bytes"] == sum(len(r.SerializeToString()) for r in recs)
+        assert store.counts()["bytes"] == sum(r.nbytes for r in recs)
         ids, X = store.unlabeled_arrays()
         assert X.shape == (10, 4) and X.dtype == np.float32
         # newest first: the last record's features come first
-        expected = np.frombuffer(recs[-1].inputs[0].data, dtype=np.float32)
+        expected = recs[-1].x
         np.testing.assert_array_equal(X[0], expected)
         ids2, probs = store.served_probabilities()
         np.testing.assert_array_equal(ids, ids2)
@@ -44,16 +44,16 @@ def test_captured_records_round_trip_and_duplicates_are_stored_once(tmp_path: Pa
 def test_a_record_repeated_within_one_batch_is_stored_once(tmp_path: Path) -> None:
     recs = random_records(3)
     with SampleStore(tmp_path / "s.db") as store:
-        assert store.add_captured([recs[0], recs[1], recs[0], recs[2], recs[1]]) == (3, 2)
+        assert store.add_captured(groups([recs[0], recs[1], recs[0], recs[2], recs[1]])) == (3, 2)
         assert store.counts()["unlabeled"] == 3
-        assert store.counts()["bytes"] == sum(len(r.SerializeToString()) for r in recs)
+        assert store.counts()["bytes"] == sum(r.nbytes for r in recs)
 
 
 def test_same_request_id_of_two_models_is_two_samples(tmp_path: Path) -> None:
     with SampleStore(tmp_path / "s.db") as store:
         a = make_record("same", np.zeros(4), [0.5, 0.5], model="a")
         b = make_record("same", np.ones(4), [0.5, 0.5], model="b")
-        assert store.add_captured([a, b, a]) == (2, 1)
+        assert store.add_captured(groups([a, b, a])) == (2, 1)
         ids, X = store.unlabeled_arrays(model_name="b")
         assert len(ids) == 1 and X[0].tolist() == [1, 1, 1, 1]
 
@@ -61,7 +61,7 @@ def test_same_request_id_of_two_models_is_two_samples(tmp_path: Path) -> None:
 def test_store_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     with SampleStore(path) as store:
-        store.add_captured(random_records(5))
+        store.add_captured(groups(random_records(5)))
         store.add_labeled(np.eye(3, dtype=np.float32), np.array([0, 1, 2]), split="labeled")
         store.set_state("active_version", "3")
         store.record_round(trainer_pb2.RoundSummary(round=1, outcome="promoted", student_version="3"))
@@ -71,7 +71,7 @@ def test_store_survives_reopen(tmp_path: Path) -> None:
         assert counts["bytes"] > 0
         assert store.get_state("active_version") == "3" and store.get_state("missing") is None
         assert [r.student_version for r in store.rounds()] == ["3"]
-        assert store.add_captured(random_records(5)) == (0, 5)
+        assert store.add_captured(groups(random_records(5))) == (0, 5)
 
 
 def test_labeled_and_holdout_sets_are_idempotent(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_labeled_and_holdout_sets_are_idempotent(tmp_path: Path) -> None:
 def test_submit_labels_by_request_id_and_by_sample(tmp_path: Path) -> None:
     with SampleStore(tmp_path / "s.db") as store:
         recs = random_records(5)
-        store.add_captured(recs)
+        store.add_captured(groups(recs))
         sample = trainer_pb2.Sample(inputs=[collector_pb2.Tensor(
             name="input", datatype="FP32", shape=[1, 4], data=np.full(4, 7, np.float32).tobytes())])
         accepted, unknown = store.submit_labels([
@@ -106,7 +106,7 @@ def test_submit_labels_by_request_id_and_by_sample(tmp_path: Path) -> None:
         counts = store.counts()
         assert (counts["unlabeled"], counts["feedback"]) == (4, 2)
         X, y = store.labeled_arrays("feedback")
-        np.testing.assert_array_equal(X[0], np.frombuffer(recs[3].inputs[0].data, dtype=np.float32))
+        np.testing.assert_array_equal(X[0], recs[3].x)
         assert y.tolist() == [2, 0] and X[1].tolist() == [7, 7, 7, 7]
         # a corrected label replaces the previous one
         assert store.submit_labels([trainer_pb2.LabelItem(request_id="req-3", label=1)]) == (1, [])
@@ -126,7 +126,7 @@ def test_submit_labels_by_request_id_and_by_sample(tmp_path: Path) -> None:
 ])
 def test_malformed_label_items_name_the_field_and_store_nothing(tmp_path: Path, item, message) -> None:
     with SampleStore(tmp_path / "s.db") as store:
-        store.add_captured(random_records(2))
+        store.add_captured(groups(random_records(2)))
         with pytest.raises(InvalidSampleError, match=message):
             store.submit_labels([item])
         assert store.counts()["feedback"] == 0
@@ -134,7 +134,7 @@ def test_malformed_label_items_name_the_field_and_store_nothing(tmp_path: Path, 
 
 def test_pseudo_labels_latest_round_wins_and_labeled_samples_drop_out(tmp_path: Path) -> None:
     with SampleStore(tmp_path / "s.db") as store:
-        store.add_captured(random_records(4))
+        store.add_captured(groups(random_records(4)))
         ids, _ = store.unlabeled_arrays()
         store.set_pseudo_labels(ids[:3], np.array([0, 1, 2]), np.array([0.9, 0.8, 0.7]), 1)
         store.set_pseudo_labels(ids[:1], np.array([2]), np.array([0.95]), 2)
@@ -149,9 +149,9 @@ def test_retention_max_samples_evicts_oldest_unlabeled_only(tmp_path: Path) -> N
     registry = CollectorRegistry()
     with SampleStore(tmp_path / "s.db", retention=Retention(max_samples=5), registry=registry) as store:
         store.add_labeled(np.zeros((3, 4), np.float32), np.array([0, 1, 2]), split="holdout")
-        store.add_captured(random_records(4))
+        store.add_captured(groups(random_records(4)))
         store.submit_labels([trainer_pb2.LabelItem(request_id="req-0", label=1)])  # feedback: kept
-        store.add_captured(random_records(6, start=4))
+        store.add_captured(groups(random_records(6, start=4)))
         counts = store.counts()
         assert (counts["unlabeled"], counts["feedback"], counts["holdout"]) == (5, 1, 3)
         kept = [s.request_id for s in store.samples_by_id(store.unlabeled_arrays()[0])]
@@ -162,25 +162,23 @@ def test_retention_max_samples_evicts_oldest_unlabeled_only(tmp_path: Path) -> N
 def test_retention_max_bytes_and_max_age(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     with SampleStore(tmp_path / "a.db", registry=registry) as probe:
-        probe.add_captured(random_records(1))
+        probe.add_captured(groups(random_records(1)))
         one = probe.counts()["bytes"]
     with SampleStore(tmp_path / "s.db", retention=Retention(max_bytes=3 * one), registry=registry) as store:
-        store.add_captured(random_records(10))
+        store.add_captured(groups(random_records(10)))
         assert store.counts()["unlabeled"] == 3 and store.counts()["bytes"] <= 3 * one
     assert _value(registry, "pseudoserve_trainer_evicted_total", reason="max_bytes") == 7
     with SampleStore(tmp_path / "t.db", retention=Retention(max_age_seconds=1e-9), registry=registry) as store:
-        store.add_captured(random_records(3))  # stored, then already older than the limit at the next batch
-        store.add_captured(random_records(2, start=3))
+        store.add_captured(groups(random_records(3)))  # stored, then already older than the limit at the next batch
+        store.add_captured(groups(random_records(2, start=3)))
         assert store.counts()["unlabeled"] <= 2
     assert _value(registry, "pseudoserve_trainer_evicted_total", reason="max_age") >= 3
 
 
 def test_truncated_records_are_stored_without_features(tmp_path: Path) -> None:
     rec = make_record("big", np.zeros(4), [0.2, 0.8])
-    del rec.inputs[:]
-    rec.truncated = True
     with SampleStore(tmp_path / "s.db") as store:
-        assert store.add_captured([rec]) == (1, 0)
+        assert store.add_captured(groups([rec], max_record_bytes=16)) == (1, 0)  # 16 input + 8 probability bytes
         assert store.counts()["unlabeled"] == 1
         assert len(store.unlabeled_arrays()[0]) == 0  # no features to train on
         assert len(store.served_probabilities()[0]) == 1
@@ -190,7 +188,8 @@ def _snapshot(path: Path) -> tuple[bytes, int]:
     return path.read_bytes(), path.stat().st_mtime_ns
 
 
-@pytest.mark.parametrize("kind", ["text", "foreign_sqlite", "truncated_store", "garbage_pages", "newer_schema"])
+@pytest.mark.parametrize("kind", ["text", "foreign_sqlite", "truncated_store", "garbage_pages", "newer_schema",
+                                  "older_schema"])
 def test_foreign_or_corrupt_file_is_refused_and_left_unmodified(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "store.db"
     if kind == "text":
@@ -202,23 +201,69 @@ def test_foreign_or_corrupt_file_is_refused_and_left_unmodified(tmp_path: Path, 
         con.close()
     else:
         with SampleStore(path) as store:
-            store.add_captured(random_records(300, features=64))
+            store.add_captured(groups(random_records(300, features=64)))
         data = bytearray(path.read_bytes())
         if kind == "truncated_store":
             data = data[: len(data) // 2]
         elif kind == "garbage_pages":
             page = int.from_bytes(data[16:18], "big")
             data[page * 2: page * 2 + 2048] = bytes(range(256)) * 8  # overwrite inside a b-tree page
-        else:
+        elif kind == "newer_schema":
             data[60:64] = (99).to_bytes(4, "big")
+        else:  # schema 1 stored serialized records: this version refuses it rather than misread it
+            data[60:64] = (1).to_bytes(4, "big")
         path.write_bytes(bytes(data))
     before = _snapshot(path)
     with pytest.raises(StoreError) as info:
         SampleStore(path)
     assert str(path) in str(info.value)
+    if kind == "older_schema":
+        assert "schema 1 was written by an earlier pseudoserve" in str(info.value)
     assert _snapshot(path) == before
 
 
 def test_directory_as_store_path_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="directory"):
         SampleStore(tmp_path)
+
+
+def test_multi_row_multi_input_and_bytes_samples_keep_their_inputs_exactly(tmp_path: Path) -> None:
+    """Every sample of a capture group keeps each input's bytes, datatype and per-sample shape."""
+    from service.capture import build_batch
+    from service.tensors import encode_raw
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    words = np.array([[b"a"], [b"longer"]], dtype=object)
+    probs = np.array([[0.9, 0.1], [0.3, 0.7]], dtype=np.float32)
+    item = (7, "two", "m", "2", [("x", "FP32", [2, 3], x.tobytes()), ("w", "BYTES", [2, 1], encode_raw(words))],
+            {"probabilities": probs}, 2)
+    with SampleStore(tmp_path / "s.db") as store:
+        assert store.add_captured(build_batch([item], 1 << 20)[0]) == (2, 0)
+        ids, X = store.unlabeled_arrays()
+        assert X.tolist() == [x[1].tolist(), x[0].tolist()]  # newest first
+        samples = store.samples_by_id(sorted(ids))
+        assert [s.request_id for s in samples] == ["two#0", "two#1"]
+        for row, sample in enumerate(samples):
+            assert [(t.name, t.datatype, list(t.shape)) for t in sample.inputs] == [("x", "FP32", [1, 3]),
+                                                                                  ("w", "BYTES", [1, 1])]
+            assert sample.inputs[0].data == x[row].tobytes()
+            assert sample.inputs[1].data == encode_raw(words[row:row + 1])
+            np.testing.assert_allclose(sample.probabilities, probs[row], rtol=1e-6)
+            assert sample.predicted_class == int(np.argmax(probs[row])) and sample.model_version == "2"
+
+
+@pytest.mark.parametrize("break_group, message", [
+    (lambda g: g.timestamp_ns.pop(), r"groups\[1\].timestamp_ns has 2 entries for 3"),
+    (lambda g: g.margin.pop(), r"groups\[1\].margin has 2 entries"),
+    (lambda g: setattr(g, "probabilities", g.probabilities[:-4]), r"groups\[1\].probabilities has 32 bytes; expected 36"),
+    (lambda g: g.inputs[0].sizes.append(1), r"groups\[1\].inputs\[0\].sizes: 4 sizes"),
+    (lambda g: setattr(g.inputs[0], "data", g.inputs[0].data[:-1]), r"groups\[1\].inputs\[0\].sizes"),
+    (lambda g: g.truncated.append(3), r"groups\[1\].truncated names sample 3 of 3"),
+])
+def test_malformed_capture_group_names_the_column_and_stores_nothing(tmp_path: Path, break_group, message) -> None:
+    good, bad = groups(random_records(2, start=10)), groups(random_records(3))
+    break_group(bad[0])
+    with SampleStore(tmp_path / "s.db") as store:
+        with pytest.raises(InvalidSampleError, match=message):
+            store.add_captured([*good, *bad])
+        assert store.counts()["unlabeled"] == 0
