@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from pathlib import Path
 
@@ -75,6 +76,10 @@ def run_serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         server = InferenceServer(settings)
         await server.start()
+        # What start-up allocated (modules, sessions, descriptors) lives as long as the process:
+        # keep it out of the cyclic collector's full passes, which otherwise walk all of it.
+        gc.collect()
+        gc.freeze()
         await server.run_until_stopped()
 
     asyncio.run(main())

@@ -22,7 +22,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pseudoserve.demo import free_port
-from service.capture import CONVERT_CHUNK, Capture, as_distribution, build_batch, samples_in
+from service.capture import (
+    CONVERT_CHUNK,
+    Capture,
+    as_distribution,
+    build_batch,
+    samples_in,
+)
 from tests.trainer.helpers import eventually, start_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
