@@ -1,6 +1,6 @@
 """Capture of served traffic for the trainer sidecar: a bounded in-memory queue filled by the data
-plane after each successful inference, drained by one background task that streams batches of
-CaptureRecords to the trainer's `pseudoserve.v1.Collector/Stream` and forgets a batch only when
+plane after each successful inference, drained by one background task that streams CaptureBatches
+(columnar CaptureGroups, see protos/collector.proto) to the trainer's `pseudoserve.v1.Collector/Stream` and forgets a batch only when
 the trainer acknowledged it (the trainer acks after commit).
 
 Who calls it: the service's server start-up builds `Capture.from_settings(settings, registry)`
@@ -10,9 +10,11 @@ Who calls it: the service's server start-up builds `Capture.from_settings(settin
 Guarantees and choices:
 - `offer` is O(1) and never blocks or raises: sampling, the per-model filter, one tuple appended
   under a lock that is held only for the append; its counters are plain ints read at scrape time.
-  Conversion to protobuf (probabilities, predicted class, confidence, margin, per-row input
-  slices) happens in the background task on the same event loop, `CONVERT_CHUNK` requests at a
-  time with a turn of the loop in between, so requests never wait behind a whole batch.
+  Conversion happens in the background task on the same event loop: requests are sorted into
+  groups (model version, input signature, class count) `CONVERT_CHUNK` at a time with a turn of
+  the loop in between, so requests never wait behind a whole batch; then each group becomes one
+  CaptureGroup with numpy-computed columns (probabilities, predicted class, confidence, margin)
+  and the inputs' bytes joined per input, never a message per sample.
 - The bound (`queue_size` records) covers queued records, those being converted *and*
   sent-but-unacknowledged ones.
   When it is exceeded the oldest queued (not yet sent) records are dropped, counted as
@@ -20,7 +22,7 @@ Guarantees and choices:
   resending (at most `max_in_flight` batches are in flight), so memory stays bounded however long
   the trainer is down, slow or restarting, and clients never notice.
 - A record whose inputs exceed `max_record_bytes` is still sent with its prediction metadata but
-  without inputs (`truncated = true`), counted as `dropped_total{reason="too_large"}` (its inputs
+  without inputs (its index in the group's `truncated`), counted as `dropped_total{reason="too_large"}` (its inputs
   were dropped). Records never acknowledged before `stop` gives up are counted `shutdown`.
 - Reconnects use exponential backoff with full jitter (`uniform(0, min(max, initial * 2**n))`),
   reset after the first acknowledgement of a stream; unacknowledged batches are resent first,

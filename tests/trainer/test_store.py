@@ -267,3 +267,15 @@ def test_malformed_capture_group_names_the_column_and_stores_nothing(tmp_path: P
         with pytest.raises(InvalidSampleError, match=message):
             store.add_captured([*good, *bad])
         assert store.counts()["unlabeled"] == 0
+
+
+def test_batches_larger_than_one_insert_statement_count_new_and_duplicate_rows(tmp_path: Path) -> None:
+    """Rows go in by multi-row INSERT statements of at most 64 rows: counts must add up across them."""
+    recs = random_records(150)
+    with SampleStore(tmp_path / "s.db") as store:
+        assert store.add_captured(groups(recs[:70])) == (70, 0)
+        assert store.add_captured(groups(recs[40:] + recs[:5])) == (80, 35)  # duplicates spread over chunks
+        assert store.counts()["unlabeled"] == 150
+        assert store.counts()["bytes"] == sum(r.nbytes for r in recs)
+        ids, X = store.unlabeled_arrays()
+        assert len(ids) == 150 and X[0].tolist() == recs[149].x.tolist()
