@@ -26,8 +26,8 @@ raw bytes one after another), a JSON spec of those inputs (`[[name, datatype, sh
 bytes and the scalar columns queries need. The collector's hot path only slices the columns of a
 CaptureGroup (no message per sample); features and probabilities are decoded when read. X rows:
 the first input tensor, decoded with `service.tensors.decode_raw`, cast to float32, with its
-leading batch dimension (of 1) removed. Arrays returned are stacked rows of one per-sample shape; rows of another shape (a model
-whose input changed) are left out with a warning.
+leading batch dimension (of 1) removed. Arrays returned are stacked rows of one per-sample shape;
+rows of another shape (a model whose input changed) are left out with a warning.
 """
 
 from __future__ import annotations
@@ -188,14 +188,11 @@ def row_from_tensor(tensor: collector_pb2.Tensor, field: str) -> tuple[np.ndarra
     return row, shape[1:]
 
 
-_SPECS: dict[str, list] = {}  # input_spec string -> parsed (a few distinct strings per store)
-
-
+@functools.lru_cache(maxsize=1024)
 def _spec(text: str) -> list:
-    spec = _SPECS.get(text)
-    if spec is None:
-        spec = _SPECS[text] = json.loads(text)
-    return spec
+    """A parsed input_spec (a store holds a few distinct ones: one per model input signature,
+    more only for BYTES inputs, whose sizes vary). Callers must not modify it."""
+    return json.loads(text)
 
 
 def input_tensors(inputs: bytes | None, input_spec: str | None) -> list[collector_pb2.Tensor]:
