@@ -68,6 +68,30 @@ class CaptureBatch(_message.Message):
     groups: _containers.RepeatedCompositeFieldContainer[CaptureGroup]
     def __init__(self, batch_id: _Optional[int] = ..., sender: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[CaptureGroup, _Mapping]]] = ...) -> None: ...
 
+class CaptureRecord(_message.Message):
+    __slots__ = ("request_id", "model_name", "model_version", "timestamp_ns", "inputs", "probabilities", "predicted_class", "confidence", "margin", "truncated")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model_name: str
+    model_version: str
+    timestamp_ns: int
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    probabilities: _containers.RepeatedScalarFieldContainer[float]
+    predicted_class: int
+    confidence: float
+    margin: float
+    truncated: bool
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., probabilities: _Optional[_Iterable[float]] = ..., predicted_class: _Optional[int] = ..., confidence: _Optional[float] = ..., margin: _Optional[float] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
 class CaptureAck(_message.Message):
     __slots__ = ("batch_id", "stored", "duplicates", "error")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]

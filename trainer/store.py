@@ -28,6 +28,10 @@ CaptureGroup (no message per sample); features and probabilities are decoded whe
 the first input tensor, decoded with `service.tensors.decode_raw`, cast to float32, with its
 leading batch dimension (of 1) removed. Arrays returned are stacked rows of one per-sample shape;
 rows of another shape (a model whose input changed) are left out with a warning.
+
+Schema versions: 2 is the above; a schema-1 store (a serialized CaptureRecord per captured sample)
+is migrated in place when opened, in one transaction (`_migrate_from_1`), so it is either fully
+migrated or left exactly as it was.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from trainer.metrics import TrainerMetrics, trainer_metrics
 log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x50534453  # "PSDS": pseudoserve sample store
-SCHEMA_VERSION = 2  # 2: captured samples as input/probability columns (1: serialized records)
+SCHEMA_VERSION = 2  # 2: captured samples as input/probability columns (1: serialized records, migrated)
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 SPLITS = ("labeled", "holdout")
 _VICTIM = "id, nbytes, pseudo_label IS NOT NULL"  # columns eviction needs to keep the counts exact
@@ -124,15 +128,16 @@ class StoredSample:
     inputs: list[collector_pb2.Tensor]
 
 
-def _check_header(path: Path) -> None:
-    """Refuse a non-empty file that is not a pseudoserve store, reading only its header."""
+def _check_header(path: Path) -> int:
+    """Refuse a non-empty file that is not a pseudoserve store, reading only its header; returns
+    its schema version (0 for an empty file)."""
     try:
         with path.open("rb") as f:
             header = f.read(100)
     except OSError as e:
         raise StoreError(f"{path}: cannot read the sample store: {e.strerror or e}") from e
     if not header:
-        return  # empty file: a new store
+        return 0  # empty file: a new store
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
         raise StoreError(f"{path}: not a pseudoserve sample store (not a SQLite database)")
     (user_version,) = struct.unpack(">i", header[60:64])  # header layout: sqlite.org/fileformat.html
@@ -145,10 +150,7 @@ def _check_header(path: Path) -> None:
                          f"understands ({SCHEMA_VERSION})")
     if user_version < 1:
         raise StoreError(f"{path}: sample store has no schema version (incomplete initialisation?)")
-    if user_version < SCHEMA_VERSION:
-        raise StoreError(f"{path}: sample store schema {user_version} was written by an earlier pseudoserve; this "
-                         f"one reads schema {SCHEMA_VERSION} only (start a new store, or keep serving this one "
-                         f"with the pseudoserve that wrote it)")
+    return user_version
 
 
 def _verify_read_only(path: Path) -> None:
@@ -168,6 +170,48 @@ def _verify_read_only(path: Path) -> None:
     missing = {"samples", "rounds", "state"} - tables
     if missing:
         raise StoreError(f"{path}: the sample store lacks its tables {sorted(missing)}")
+
+
+def _migrate_from_1(con: sqlite3.Connection, path: Path) -> None:
+    """Schema 1 -> 2 in one transaction (all or nothing): captured and feedback rows kept a
+    serialized CaptureRecord in `record`; they get `inputs`, `input_spec` and `probabilities`
+    (and `nbytes` counted as schema 2 counts it), then `record` is dropped."""
+    log.info("%s: migrating the sample store from schema 1 to 2", path)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        for column in ("inputs BLOB", "input_spec TEXT", "probabilities BLOB"):
+            con.execute(f"ALTER TABLE samples ADD COLUMN {column}")
+        last = 0
+        while True:
+            rows = con.execute("SELECT id, record, length(x) FROM samples WHERE record IS NOT NULL AND id > ? "
+                               "ORDER BY id LIMIT 1000", (last,)).fetchall()
+            if not rows:
+                break
+            updates = []
+            for row_id, blob, x_bytes in rows:
+                try:
+                    record = collector_pb2.CaptureRecord.FromString(blob)
+                except Exception as e:  # protobuf's DecodeError
+                    raise StoreError(f"{path}: sample {row_id} holds an unreadable schema-1 record ({e}); the store "
+                                     f"was not migrated and is unchanged") from e
+                inputs = b"".join(t.data for t in record.inputs) if record.inputs else None
+                spec = json.dumps([[t.name, t.datatype, list(t.shape), len(t.data)] for t in record.inputs]) \
+                    if record.inputs else None
+                probs = np.asarray(record.probabilities, dtype="<f4").tobytes() if record.probabilities else None
+                updates.append((inputs, spec, probs, len(inputs or b"") + len(probs or b"") + (x_bytes or 0), row_id))
+            con.executemany("UPDATE samples SET inputs = ?, input_spec = ?, probabilities = ?, nbytes = ? "
+                            "WHERE id = ?", updates)
+            last = rows[-1][0]
+        con.execute("ALTER TABLE samples DROP COLUMN record")
+        con.execute("PRAGMA user_version = 2")
+        con.execute("COMMIT")
+    except BaseException as e:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        con.close()
+        if isinstance(e, sqlite3.Error):
+            raise StoreError(f"{path}: cannot migrate the sample store from schema 1: {e}; it is unchanged") from e
+        raise
 
 
 def row_from_tensor(tensor: collector_pb2.Tensor, field: str) -> tuple[np.ndarray, list[int]]:
@@ -323,8 +367,9 @@ class SampleStore:
         if path.is_dir():
             raise StoreError(f"{path}: is a directory, not a sample store file")
         existing = path.exists() and path.stat().st_size > 0
+        version = SCHEMA_VERSION
         if existing:
-            _check_header(path)
+            version = _check_header(path)
             _verify_read_only(path)
         else:
             try:
@@ -341,6 +386,8 @@ class SampleStore:
                                   f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot open the sample store: {e}") from e
+        if version == 1:
+            _migrate_from_1(con, path)
         return con
 
     def close(self) -> None:

@@ -188,8 +188,7 @@ def _snapshot(path: Path) -> tuple[bytes, int]:
     return path.read_bytes(), path.stat().st_mtime_ns
 
 
-@pytest.mark.parametrize("kind", ["text", "foreign_sqlite", "truncated_store", "garbage_pages", "newer_schema",
-                                  "older_schema"])
+@pytest.mark.parametrize("kind", ["text", "foreign_sqlite", "truncated_store", "garbage_pages", "newer_schema"])
 def test_foreign_or_corrupt_file_is_refused_and_left_unmodified(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "store.db"
     if kind == "text":
@@ -208,17 +207,13 @@ def test_foreign_or_corrupt_file_is_refused_and_left_unmodified(tmp_path: Path, 
         elif kind == "garbage_pages":
             page = int.from_bytes(data[16:18], "big")
             data[page * 2: page * 2 + 2048] = bytes(range(256)) * 8  # overwrite inside a b-tree page
-        elif kind == "newer_schema":
+        else:
             data[60:64] = (99).to_bytes(4, "big")
-        else:  # schema 1 stored serialized records: this version refuses it rather than misread it
-            data[60:64] = (1).to_bytes(4, "big")
         path.write_bytes(bytes(data))
     before = _snapshot(path)
     with pytest.raises(StoreError) as info:
         SampleStore(path)
     assert str(path) in str(info.value)
-    if kind == "older_schema":
-        assert "schema 1 was written by an earlier pseudoserve" in str(info.value)
     assert _snapshot(path) == before
 
 
@@ -279,3 +274,111 @@ def test_batches_larger_than_one_insert_statement_count_new_and_duplicate_rows(t
         assert store.counts()["bytes"] == sum(r.nbytes for r in recs)
         ids, X = store.unlabeled_arrays()
         assert len(ids) == 150 and X[0].tolist() == recs[149].x.tolist()
+
+
+# the schema of store version 1, as trainer/store.py created it
+_SCHEMA_1 = """
+CREATE TABLE samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pool TEXT NOT NULL,               -- unlabeled | feedback | labeled | holdout
+    request_id TEXT,                  -- captured samples: the id the service returned
+    model_name TEXT NOT NULL DEFAULT '',
+    model_version TEXT NOT NULL DEFAULT '',
+    timestamp_ns INTEGER NOT NULL,    -- when the service served it (captured) or it was added
+    arrived_ns INTEGER NOT NULL,      -- when the store committed it (retention by age uses this)
+    record BLOB,                      -- serialized CaptureRecord: inputs exactly as received, probabilities
+    x BLOB,                           -- labeled/holdout rows: float32 features (captured rows decode `record`)
+    x_shape TEXT,                     -- JSON per-sample shape of x
+    predicted_class INTEGER,
+    confidence REAL,
+    margin REAL,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    label INTEGER,                    -- true label (seed, holdout or feedback)
+    label_ns INTEGER,
+    pseudo_label INTEGER,
+    pseudo_confidence REAL,
+    pseudo_round INTEGER,
+    nbytes INTEGER NOT NULL           -- payload bytes, for retention and the bytes gauge
+);
+CREATE UNIQUE INDEX samples_request ON samples(request_id, model_name) WHERE request_id IS NOT NULL;
+CREATE INDEX samples_pool ON samples(pool, id);
+CREATE TABLE rounds (round INTEGER PRIMARY KEY, summary BLOB NOT NULL);
+CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _schema_1_store(path: Path, records: list[collector_pb2.CaptureRecord]) -> None:
+    """A store as schema 1 wrote it: captured and feedback samples as serialized CaptureRecords."""
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript(f"BEGIN; {_SCHEMA_1} PRAGMA application_id={0x50534453}; PRAGMA user_version=1; COMMIT;")
+    for i, record in enumerate(records):
+        blob = record.SerializeToString()
+        con.execute("INSERT INTO samples (pool, request_id, model_name, model_version, timestamp_ns, arrived_ns, "
+                    "record, predicted_class, confidence, margin, truncated, nbytes) "
+                    "VALUES ('unlabeled', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (record.request_id, record.model_name, record.model_version, i + 1, i + 1, blob,
+                     record.predicted_class, record.confidence, record.margin, int(record.truncated), len(blob)))
+    x = np.full(4, 7, np.float32)
+    feedback = collector_pb2.CaptureRecord(inputs=[collector_pb2.Tensor(name="input", datatype="FP32", shape=[1, 4],
+                                                                        data=x.tobytes())]).SerializeToString()
+    con.execute("INSERT INTO samples (pool, timestamp_ns, arrived_ns, record, x, x_shape, label, label_ns, nbytes) "
+                "VALUES ('feedback', 9, 9, ?, ?, '[4]', 2, 9, ?)", (feedback, x.tobytes(), len(feedback) + 16))
+    con.execute("INSERT INTO samples (pool, timestamp_ns, arrived_ns, x, x_shape, label, label_ns, nbytes) "
+                "VALUES ('labeled', 9, 9, ?, '[4]', 1, 9, 16)", (np.ones(4, np.float32).tobytes(),))
+    con.close()
+
+
+def _v1_records() -> list[collector_pb2.CaptureRecord]:
+    out = []
+    for r in random_records(3):
+        top = np.sort(r.probabilities)[::-1]
+        out.append(collector_pb2.CaptureRecord(
+            request_id=r.request_id, model_name=r.model, model_version=r.version, timestamp_ns=1,
+            inputs=[collector_pb2.Tensor(name="input", datatype="FP32", shape=[1, 4], data=r.x.tobytes())],
+            probabilities=r.probabilities.tolist(), predicted_class=int(np.argmax(r.probabilities)),
+            confidence=float(top[0]), margin=float(top[0] - top[1])))
+    out.append(collector_pb2.CaptureRecord(request_id="cut", model_name="classifier", model_version="1",
+                                           probabilities=[0.5, 0.5, 0.0], predicted_class=0, truncated=True))
+    return out
+
+
+def test_schema_1_store_is_migrated_in_place_with_every_sample(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    records = _v1_records()
+    _schema_1_store(path, records)
+    with SampleStore(path) as store:
+        counts = store.counts()
+        assert (counts["unlabeled"], counts["feedback"], counts["labeled"]) == (4, 1, 1)
+        assert counts["bytes"] == 3 * (16 + 12) + 12 + (16 + 16) + 16  # inputs + probabilities (+ x)
+        ids, X = store.unlabeled_arrays()  # newest first; the truncated sample has no features
+        assert X.tolist() == [np.frombuffer(r.inputs[0].data, np.float32).tolist() for r in records[2::-1]]
+        ids, probs = store.served_probabilities()
+        np.testing.assert_allclose(probs, [list(r.probabilities) for r in records[::-1]], rtol=1e-6)
+        sample = store.samples_by_id([int(ids[-1])])[0]
+        assert sample.request_id == "req-0" and sample.inputs[0].data == records[0].inputs[0].data
+        assert store.labeled_arrays("feedback")[0].tolist() == [[7, 7, 7, 7]]
+        assert store.add_captured(groups(random_records(2, start=10))) == (2, 0)  # schema 2 from here on
+        assert store.add_captured(groups(random_records(1))) == (0, 1)  # migrated ids still deduplicate
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert "record" not in [c[1] for c in con.execute("PRAGMA table_info(samples)")]
+    con.close()
+    with SampleStore(path) as store:  # and it reopens as a schema-2 store
+        assert store.counts()["unlabeled"] == 6
+
+
+def test_schema_1_store_with_an_unreadable_record_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    _schema_1_store(path, _v1_records())
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("UPDATE samples SET record = x'ffffffff' WHERE request_id = 'req-1'")
+    before = con.execute("SELECT * FROM samples ORDER BY id").fetchall()
+    con.close()
+    with pytest.raises(StoreError, match=r"sample 2 holds an unreadable schema-1 record.*unchanged") as info:
+        SampleStore(path)
+    assert str(path) in str(info.value)
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert con.execute("SELECT * FROM samples ORDER BY id").fetchall() == before
+    con.close()
