@@ -1,7 +1,8 @@
 """Capture of served traffic for the trainer sidecar: a bounded in-memory queue filled by the data
 plane after each successful inference, drained by one background task that streams CaptureBatches
-(columnar CaptureGroups, see protos/collector.proto) to the trainer's `pseudoserve.v1.Collector/Stream` and forgets a batch only when
-the trainer acknowledged it (the trainer acks after commit).
+(columnar CaptureGroups, see protos/collector.proto) to the trainer's
+`pseudoserve.v1.Collector/Stream` and forgets a batch only when the trainer acknowledged it (the
+trainer acks after commit).
 
 Who calls it: the service's server start-up builds `Capture.from_settings(settings, registry)`
 (None when no trainer address is set or sampling is 0), awaits `start()` and, on shutdown,
@@ -22,8 +23,8 @@ Guarantees and choices:
   resending (at most `max_in_flight` batches are in flight), so memory stays bounded however long
   the trainer is down, slow or restarting, and clients never notice.
 - A record whose inputs exceed `max_record_bytes` is still sent with its prediction metadata but
-  without inputs (its index in the group's `truncated`), counted as `dropped_total{reason="too_large"}` (its inputs
-  were dropped). Records never acknowledged before `stop` gives up are counted `shutdown`.
+  without inputs (its index is in the group's `truncated`), counted as
+  `dropped_total{reason="too_large"}` (its inputs were dropped). Records never acknowledged before `stop` gives up are counted `shutdown`.
 - Reconnects use exponential backoff with full jitter (`uniform(0, min(max, initial * 2**n))`),
   reset after the first acknowledgement of a stream; unacknowledged batches are resent first,
   with their original batch ids; the trainer deduplicates by request id.
@@ -215,9 +216,7 @@ class _Group:
         if probabilities is not None:
             self.probabilities.append(probabilities)
         budget = max_record_bytes - 4 * self.classes
-        sizes = [sum(len(column[i]) for column in columns) for i in range(rows)] if rows > 1 else \
-            [sum(len(column[0]) for column in columns)]
-        cut = [i for i, size in enumerate(sizes) if size > budget]
+        cut = [i for i in range(rows) if sum(len(column[i]) for column in columns) > budget]
         for i in cut:
             for column in columns:
                 column[i] = b""
@@ -265,9 +264,7 @@ def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_by
     truncated = 0
     for item in items:
         timestamp_ns, request_id, model_name, model_version, inputs, outputs, rows = item
-        probs = outputs.get("probabilities")
-        if probs is None:
-            probs = probability_output(outputs)
+        probs = probability_output(outputs)
         if probs is not None and (probs.ndim not in (1, 2) or probs.shape[-1] == 0):
             probs = None
         classes = int(probs.shape[-1]) if probs is not None else 0

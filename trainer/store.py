@@ -194,9 +194,7 @@ def _migrate_from_1(con: sqlite3.Connection, path: Path) -> None:
                 except Exception as e:  # protobuf's DecodeError
                     raise StoreError(f"{path}: sample {row_id} holds an unreadable schema-1 record ({e}); the store "
                                      f"was not migrated and is unchanged") from e
-                inputs = b"".join(t.data for t in record.inputs) if record.inputs else None
-                spec = json.dumps([[t.name, t.datatype, list(t.shape), len(t.data)] for t in record.inputs]) \
-                    if record.inputs else None
+                inputs, spec = _stored_inputs(record.inputs) if record.inputs else (None, None)
                 probs = np.asarray(record.probabilities, dtype="<f4").tobytes() if record.probabilities else None
                 updates.append((inputs, spec, probs, len(inputs or b"") + len(probs or b"") + (x_bytes or 0), row_id))
             con.executemany("UPDATE samples SET inputs = ?, input_spec = ?, probabilities = ?, nbytes = ? "
@@ -239,6 +237,12 @@ def _spec(text: str) -> list:
     return json.loads(text)
 
 
+def _stored_inputs(tensors: Sequence[collector_pb2.Tensor]) -> tuple[bytes, str]:
+    """The `inputs` and `input_spec` columns of one sample's tensors (undone by input_tensors)."""
+    return (b"".join(t.data for t in tensors),
+            json.dumps([[t.name, t.datatype, list(t.shape), len(t.data)] for t in tensors]))
+
+
 def input_tensors(inputs: bytes | None, input_spec: str | None) -> list[collector_pb2.Tensor]:
     """The stored input tensors of one sample (none when its inputs were truncated)."""
     if inputs is None or not input_spec:
@@ -254,14 +258,14 @@ def _features(x: bytes | None, x_shape: str | None, inputs: bytes | None, input_
     """One stored sample's float32 feature row, or None when it has none (truncated/undecodable)."""
     if x is not None:
         return np.frombuffer(x, dtype=np.float32).reshape(json.loads(x_shape))
-    if inputs is None or not input_spec:
+    tensors = input_tensors(inputs, input_spec)
+    if not tensors:
         return None
-    name, datatype, shape, nbytes = _spec(input_spec)[0]
+    first = tensors[0]
     try:
-        if datatype == "FP32" and len(shape) >= 1 and shape[0] == 1:
-            return np.frombuffer(inputs, dtype=np.float32, count=nbytes // 4).reshape(shape[1:])
-        tensor = collector_pb2.Tensor(name=name, datatype=datatype, shape=shape, data=inputs[:nbytes])
-        return row_from_tensor(tensor, f"stored sample input {name!r}")[0]
+        if first.datatype == "FP32" and len(first.shape) >= 1 and first.shape[0] == 1:
+            return np.frombuffer(first.data, dtype=np.float32).reshape(list(first.shape)[1:])
+        return row_from_tensor(first, f"stored sample input {first.name!r}")[0]
     except (InvalidSampleError, ValueError) as e:
         log.warning("stored %s", e)
         return None
@@ -490,8 +494,7 @@ class SampleStore:
                 if not item.sample.inputs:
                     raise InvalidSampleError(f"items[{i}].sample.inputs is empty")
                 row, per_sample = row_from_tensor(item.sample.inputs[0], f"items[{i}].sample.inputs[0]")
-                blob = b"".join(t.data for t in item.sample.inputs)
-                spec = json.dumps([[t.name, t.datatype, list(t.shape), len(t.data)] for t in item.sample.inputs])
+                blob, spec = _stored_inputs(item.sample.inputs)
                 new_rows.append(("feedback", now, now, blob, spec, row.tobytes(), json.dumps(per_sample), item.label,
                                  now, len(blob) + row.nbytes))
         accepted, unknown = 0, []
