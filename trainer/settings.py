@@ -72,6 +72,11 @@ class TrainerSettings(BaseSettings):
     round and the newest ones reaches this (0 = off; 0.2 is a reasonable start)."""
     drift_window: int = Field(500, ge=10)
     """Served samples compared by the drift trigger (reference window and newest window)."""
+    nice: int = Field(10, ge=0, le=19)
+    """CPU niceness the trainer runs at (0-19). At start-up it raises its own, every thread's, to
+    this value, so that on cores shared with the inference server (niceness 0) serving gets the CPU
+    first and collection and rounds use what is left; 0 = keep the niceness it was started with.
+    (Between containers, CPU requests decide instead: see k8s/README.md.)"""
     log_level: str = "INFO"
     """Python logging level name."""
     log_format: Literal["text", "json"] = "text"

@@ -222,11 +222,11 @@ async def test_records_being_converted_stay_counted_until_they_are_a_batch() -> 
     await asyncio.gather(converting, return_exceptions=True)
 
 
-def _start_trainer_process(store: Path, port: int, workdir: Path) -> subprocess.Popen:
+def _start_trainer_process(store: Path, port: int, workdir: Path, *extra: str) -> subprocess.Popen:
     ready = workdir / f"trainer-{time.monotonic_ns()}.json"
     cmd = [sys.executable, "-m", "pseudoserve", "trainer", "--store", str(store), "--grpc-port", str(port),
            "--metrics-port", "0", "--no-self-training", "--ready-file", str(ready), "--model-repository",
-           str(workdir / "repo"), "--log-level", "WARNING"]
+           str(workdir / "repo"), "--log-level", "WARNING", *extra]
     with open(workdir / "trainer.log", "ab") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -281,3 +281,37 @@ async def test_trainer_sigkilled_mid_stream_loses_no_acknowledged_record_and_sto
     assert set(ids) == set(offered)
     assert _value(registry, "pseudoserve_capture_reconnects_total") >= 1
     assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 0
+
+
+def _thread_niceness(pid: int) -> dict[int, int]:
+    """Niceness of every thread of a process (/proc/PID/task/TID/stat, field 19)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        out[int(task.name)] = int(stat.rsplit(")", 1)[1].split()[16])
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread niceness from /proc")
+@pytest.mark.parametrize(("extra", "expected"), [((), 10), (("--nice", "15"), 15), (("--nice", "0"), None)])
+def test_trainer_process_yields_the_cpu_to_serving_on_shared_cores(tmp_path: Path, extra, expected) -> None:
+    """Every thread of a running trainer (gRPC, store writer, BLAS pools started at import) runs at
+    the configured niceness; --nice 0 leaves it as started."""
+    started_at = os.getpriority(os.PRIO_PROCESS, 0)
+    proc = _start_trainer_process(tmp_path / "store.db", free_port(), tmp_path, *extra)
+    try:
+        niceness = _thread_niceness(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert len(niceness) > 1  # the check covers more than the main thread
+    want = max(started_at, expected) if expected is not None else started_at
+    assert set(niceness.values()) == {want}
+
+
+def test_trainer_refuses_a_niceness_out_of_range(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "pseudoserve", "trainer", "--store", str(tmp_path / "s.db"),
+                             "--nice", "20"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "nice" in result.stderr and "19" in result.stderr
+    assert not (tmp_path / "s.db").exists()
