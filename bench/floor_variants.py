@@ -1,7 +1,7 @@
 """Where the serving floor lies: minimal Open Inference Protocol servers against the bare echo.
 
     .venv/bin/python bench/floor_variants.py [--repeats 3] [--concurrency 1,8] [--workers 2]
-                                             [--variants echo,aio-ort,sync,sync-ort,pseudoserve,sync-ps]
+                                             [--variants echo,aio-ort,sync,sync-ort,pseudoserve,sync-ps,sync-lean]
 
 Issue 2's targets compare pseudoserve with a bare grpc.aio echo. This benchmark asks how close
 any server can get on this machine, by measuring, in one run and with the same client
@@ -167,6 +167,7 @@ def serve_pseudoserve_sync(repo: Path, ready_file: Path, workers: int, *, lean: 
     from service.manager import ModelManager
     from service.metrics import ServiceMetrics
     from service.repository import ModelRepository
+    from service.servicer import InferenceServicer
     from service.settings import ServerSettings
 
     settings = ServerSettings(model_repository=repo)
@@ -220,18 +221,16 @@ def serve_pseudoserve_sync(repo: Path, ready_file: Path, workers: int, *, lean: 
 
     handler = _lean_handler(manager.get(serving.MODEL), infer, inflight) if lean else infer
 
+    servicer = InferenceServicer(dataplane)  # metadata RPCs: its coroutines never suspend
+
     def model_metadata(request, context):
-        versions, platform, inputs, outputs = dataplane.model_metadata(request.name, request.version)
-        return pb.ModelMetadataResponse(
-            name=request.name, versions=versions, platform=platform,
-            inputs=[converters.tensor_metadata(t.name, t.datatype, t.shape) for t in inputs],
-            outputs=[converters.tensor_metadata(t.name, t.datatype, t.shape) for t in outputs])
+        return _finish(servicer.ModelMetadata(request, context))
 
     def model_config(request, context):
-        return pb.ModelConfigResponse(config=dataplane.model_config(request.name, request.version))
+        return _finish(servicer.ModelConfig(request, context))
 
-    def server_metadata(request, context):
-        return _finish(echo_server._server_metadata(request, context))
+    def server_metadata(request, context):  # the echo's: no "statistics" extension, so perf_analyzer
+        return _finish(echo_server._server_metadata(request, context))  # asks no ModelStatistics
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(echo_server.INFERENCE, {
@@ -270,7 +269,7 @@ def _lean_handler(mv, general, inflight):
     names = [o.name for o in mv.outputs]
     datatypes = [o.datatype for o in mv.outputs]
     every = range(len(names))
-    observed = []  # (rows, start, compute start, compute end, end, probabilities): folded when read
+    observed = []  # (rows, start, compute start, compute end, end, probabilities): the metrics' cost, never read
     clock = time.perf_counter
 
     def infer(request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:

@@ -102,7 +102,7 @@ def lower_priority(niceness: int) -> None:
         try:
             if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
                 os.setpriority(os.PRIO_PROCESS, tid, niceness)
-        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile, or one we may not touch
             continue
     logging.getLogger(__name__).info("running at CPU niceness %d", os.getpriority(os.PRIO_PROCESS, 0))
 
