@@ -60,6 +60,7 @@ from protos import collector_pb2, collector_pb2_grpc
 log = logging.getLogger(__name__)
 
 CONVERT_CHUNK = 32  # requests converted between two turns of the event loop
+HANDSHAKE_TIMEOUT_S = 5.0  # how long a new stream waits for the trainer's initial metadata
 InputTuple = tuple[str, str, Sequence[int], bytes]  # (name, datatype, shape, raw bytes)
 _Queued = tuple[int, str, str, str, Sequence[InputTuple], Mapping[str, np.ndarray], int]
 
@@ -434,7 +435,7 @@ class Capture:
             except asyncio.CancelledError:
                 raise
             except (grpc.aio.AioRpcError, _StreamBroken, grpc.aio.UsageError) as e:
-                detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+                detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else str(e)
                 log.log(logging.INFO if attempt == 0 else logging.DEBUG,
                         "capture: stream to %s broken (%s); reconnecting", self.address, detail)
             except Exception:
@@ -479,6 +480,7 @@ class Capture:
         acked = asyncio.Event()  # set by the reader on every acknowledgement: the window moved
         reader = asyncio.create_task(self._read_acks(call, state, acked))
         try:
+            await self._accepted(call, reader)
             with self._lock:
                 resend = list(self._unacked.values())
             for batch, samples in resend:
@@ -506,6 +508,20 @@ class Capture:
             reader.cancel()
             call.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+    async def _accepted(self, call: Any, reader: asyncio.Task) -> None:
+        """Wait until the trainer accepted the stream (its initial metadata) before writing, so a
+        refusal (UNAUTHENTICATED, UNAVAILABLE) is raised with its own status: a write racing it is
+        reported by grpc.aio as INTERNAL (grpc/grpc#36066). A trainer that sends no early metadata
+        is written to after `HANDSHAKE_TIMEOUT_S`."""
+        metadata = asyncio.ensure_future(call.initial_metadata())
+        try:
+            await asyncio.wait([metadata, reader], timeout=HANDSHAKE_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            metadata.cancel()
+        if reader.done() or call.done():
+            await reader  # raises the refusal; a clean end is a broken stream
+            raise _StreamBroken("the trainer closed the capture stream")
 
     async def _read_acks(self, call: Any, state: dict[str, bool], acked: asyncio.Event) -> None:
         while True:

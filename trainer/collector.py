@@ -5,6 +5,11 @@ commits the records to the `SampleStore` (one transaction, in the store's single
 and only then answers a CaptureAck with the batch id, how many records were new and how many
 were duplicates of a resent batch. If the store fails, the ack carries the error and the sender
 keeps the batch and resends it. Batches are handled in arrival order, one at a time.
+
+The servicer sends its initial metadata as soon as the stream is accepted, before any batch:
+the sender waits for it (or for the stream's refusal) before writing, so a refusal such as
+UNAUTHENTICATED reaches it with its own status rather than as a failed write (grpc.aio reports a
+write that races the server's early status as INTERNAL, grpc/grpc#36066).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class CollectorServicer(collector_pb2_grpc.CollectorServicer):
                      context: grpc.aio.ServicerContext) -> AsyncIterator[collector_pb2.CaptureAck]:
         loop = asyncio.get_running_loop()
         peer = context.peer()
+        await context.send_initial_metadata(())  # accepted: the sender may write
         async for batch in request_iterator:
             try:
                 stored, duplicates = await loop.run_in_executor(self._executor, self._store.add_captured,

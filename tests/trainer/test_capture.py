@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -166,6 +167,46 @@ async def test_trainer_down_at_start_then_up_delivers_everything(tmp_path: Path)
         await capture.stop(5)
         await trainer.stop(0.5)
     assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 0
+
+
+async def test_a_refused_token_is_reported_with_its_status_and_the_right_token_delivers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A trainer that requires a bearer token: a service with the wrong one keeps its records and
+    logs every refusal as UNAUTHENTICATED with the trainer's reason, never as a failed write
+    (grpc.aio's INTERNAL for a write racing an early status, grpc/grpc#36066); the right token
+    delivers."""
+    caplog.set_level(logging.DEBUG, logger="service.capture")
+    trainer = await start_trainer(tmp_path, auth_token="s3cret")
+    rng = np.random.default_rng(0)
+    address = f"127.0.0.1:{trainer.grpc_port}"
+    try:
+        registry = CollectorRegistry()
+        wrong = Capture(address, registry=registry, token="wrong", batch_size=4, flush_interval=0.01,
+                        backoff_initial=0.001, backoff_max=0.005)
+        await wrong.start()
+        try:
+            for i in range(8):
+                _offer(wrong, f"w{i}", rng)
+            await eventually(lambda: _value(registry, "pseudoserve_capture_reconnects_total") >= 30,
+                             what="30 refused streams")
+        finally:
+            await wrong.stop(0.1)
+        broken = [r.getMessage() for r in caplog.records if "broken" in r.getMessage()]
+        assert len(broken) >= 30
+        assert all("UNAUTHENTICATED" in m and "invalid bearer token" in m for m in broken), broken
+        assert trainer.store.counts()["unlabeled"] == 0
+        assert _value(registry, "pseudoserve_capture_acknowledged_total") == 0
+
+        right = Capture(address, registry=CollectorRegistry(), token="s3cret", batch_size=4, flush_interval=0.01)
+        await right.start()
+        try:
+            for i in range(8):
+                _offer(right, f"r{i}", rng)
+            await eventually(lambda: trainer.store.counts()["unlabeled"] == 8, what="8 records stored")
+        finally:
+            await right.stop(5)
+    finally:
+        await trainer.stop(0.5)
 
 
 async def test_oversized_records_are_sent_without_inputs(tmp_path: Path) -> None:
