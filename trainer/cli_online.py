@@ -45,6 +45,8 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tls-cert-file", type=Path, help="PEM certificate chain for TLS")
     add("--tls-key-file", type=Path, help="PEM private key for TLS")
     add("--service-tls-ca-file", type=Path, help="CA bundle to verify the service's TLS certificate")
+    add("--cpu-policy", choices=["idle", "nice"],
+        help="idle (default): run only on CPU time serving leaves (SCHED_IDLE); nice: only lower the niceness")
     add("--nice", type=int, help="CPU niceness to run at, 0-19 (default 10: serving on the same cores goes first; "
                                  "0 = as started)")
     add("--log-level", help="logging level (default INFO)")
@@ -54,7 +56,7 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
 _SETTING_FLAGS = ("store", "model_repository", "service_address", "model_name", "host", "grpc_port", "metrics_port",
                   "http_port", "labeled_file", "holdout_file", "label_column", "engine_config_file", "reports_dir",
                   "round_interval_seconds", "round_min_new_samples", "drift_threshold", "drift_window", "log_level", "log_format",
-                  "max_samples", "max_bytes", "max_age_seconds", "nice",
+                  "max_samples", "max_bytes", "max_age_seconds", "cpu_policy", "nice",
                   "self_training", "tls_cert_file", "tls_key_file", "service_tls_ca_file")
 
 
@@ -87,24 +89,27 @@ def build_settings(args: argparse.Namespace):  # -> TrainerSettings
         raise SystemExit(f"pseudoserve trainer: error: {problems}") from None
 
 
-def lower_priority(niceness: int) -> None:
+def lower_priority(niceness: int, policy: str) -> None:
     """Raise the niceness of every thread of this process to at least `niceness` (never lower it:
-    that needs privileges). On Linux niceness belongs to each thread and new threads inherit their
-    creator's, so the threads that imports already started (BLAS pools) are set one by one."""
+    that needs privileges) and, with policy "idle", move every thread to SCHED_IDLE. On Linux both
+    belong to each thread and new threads inherit their creator's, so the threads that imports
+    already started (BLAS pools) are set one by one."""
     import logging
     import os
 
-    if niceness <= 0:
-        return
     tasks = Path("/proc/self/task")
     threads = [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]  # 0: the process (not Linux)
+    idle = policy == "idle" and hasattr(os, "SCHED_IDLE")
     for tid in threads:
         try:
-            if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+            if 0 < niceness and os.getpriority(os.PRIO_PROCESS, tid) < niceness:
                 os.setpriority(os.PRIO_PROCESS, tid, niceness)
-        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile, or one we may not touch
+            if idle:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:  # a thread that ended meanwhile, or one we may not touch: best effort
             continue
-    logging.getLogger(__name__).info("running at CPU niceness %d", os.getpriority(os.PRIO_PROCESS, 0))
+    logging.getLogger(__name__).info("running at CPU niceness %d%s", os.getpriority(os.PRIO_PROCESS, 0),
+                                     " under SCHED_IDLE" if idle else "")
 
 
 def run_trainer(args: argparse.Namespace) -> int:
@@ -115,7 +120,7 @@ def run_trainer(args: argparse.Namespace) -> int:
     from service.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    lower_priority(settings.nice)
+    lower_priority(settings.nice, settings.cpu_policy)
     from trainer.server import TrainerStartupError, serve
     from trainer.store import StoreError
 

@@ -72,11 +72,18 @@ class TrainerSettings(BaseSettings):
     round and the newest ones reaches this (0 = off; 0.2 is a reasonable start)."""
     drift_window: int = Field(500, ge=10)
     """Served samples compared by the drift trigger (reference window and newest window)."""
+    cpu_policy: Literal["idle", "nice"] = "idle"
+    """How the trainer yields the CPU to the inference server on shared cores. `idle`: every thread
+    runs under Linux's SCHED_IDLE policy, i.e. only on CPU time nothing else wants, and is preempted
+    as soon as a serving thread wakes; on saturated cores collection then falls behind (the
+    service's bounded capture queue drops the oldest records, counted) and rounds wait. `nice`:
+    only the niceness below, so the trainer keeps a small share (about a tenth at niceness 10) of
+    saturated cores. (Between containers, CPU requests decide instead: see k8s/README.md.)"""
     nice: int = Field(10, ge=0, le=19)
     """CPU niceness the trainer runs at (0-19). At start-up it raises its own, every thread's, to
     this value, so that on cores shared with the inference server (niceness 0) serving gets the CPU
     first and collection and rounds use what is left; 0 = keep the niceness it was started with.
-    (Between containers, CPU requests decide instead: see k8s/README.md.)"""
+    Decides the trainer's share of saturated cores under cpu_policy=nice."""
     log_level: str = "INFO"
     """Python logging level name."""
     log_format: Literal["text", "json"] = "text"

@@ -324,30 +324,34 @@ async def test_trainer_sigkilled_mid_stream_loses_no_acknowledged_record_and_sto
     assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 0
 
 
-def _thread_niceness(pid: int) -> dict[int, int]:
-    """Niceness of every thread of a process (/proc/PID/task/TID/stat, field 19)."""
+def _thread_scheduling(pid: int) -> dict[int, tuple[int, int]]:
+    """(niceness, policy) of every thread of a process (/proc/PID/task/TID/stat, fields 19 and 41)."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        stat = (task / "stat").read_text()
-        out[int(task.name)] = int(stat.rsplit(")", 1)[1].split()[16])
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()  # fields[0] is field 3
+        out[int(task.name)] = (int(fields[16]), int(fields[38]))
     return out
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread niceness from /proc")
-@pytest.mark.parametrize(("extra", "expected"), [((), 10), (("--nice", "15"), 15), (("--nice", "0"), None)])
-def test_trainer_process_yields_the_cpu_to_serving_on_shared_cores(tmp_path: Path, extra, expected) -> None:
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread scheduling from /proc")
+@pytest.mark.parametrize(("extra", "expected", "policy"), [
+    ((), 10, os.SCHED_IDLE),
+    (("--nice", "15", "--cpu-policy", "nice"), 15, os.SCHED_OTHER),
+    (("--nice", "0", "--cpu-policy", "nice"), None, os.SCHED_OTHER),
+])
+def test_trainer_process_yields_the_cpu_to_serving_on_shared_cores(tmp_path: Path, extra, expected, policy) -> None:
     """Every thread of a running trainer (gRPC, store writer, BLAS pools started at import) runs at
-    the configured niceness; --nice 0 leaves it as started."""
+    the configured niceness, under SCHED_IDLE by default; --nice 0 leaves the niceness as started."""
     started_at = os.getpriority(os.PRIO_PROCESS, 0)
     proc = _start_trainer_process(tmp_path / "store.db", free_port(), tmp_path, *extra)
     try:
-        niceness = _thread_niceness(proc.pid)
+        scheduling = _thread_scheduling(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    assert len(niceness) > 1  # the check covers more than the main thread
+    assert len(scheduling) > 1  # the check covers more than the main thread
     want = max(started_at, expected) if expected is not None else started_at
-    assert set(niceness.values()) == {want}
+    assert set(scheduling.values()) == {(want, policy)}
 
 
 def test_trainer_refuses_a_niceness_out_of_range(tmp_path: Path) -> None:
