@@ -18,11 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from protos import collector_pb2, collector_pb2_grpc
 from pseudoserve.demo import free_port
+from service import capture as capture_module
 from service.capture import (
     CONVERT_CHUNK,
     Capture,
@@ -207,6 +210,43 @@ async def test_a_refused_token_is_reported_with_its_status_and_the_right_token_d
             await right.stop(5)
     finally:
         await trainer.stop(0.5)
+
+
+class _SilentCollector(collector_pb2_grpc.CollectorServicer):
+    """A collector that, like trainers before the handshake, answers nothing until a batch comes."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+
+    async def Stream(self, request_iterator, context):
+        async for capture_batch in request_iterator:
+            n = sum(len(g.request_ids) for g in capture_batch.groups)
+            self.received.extend(rid for g in capture_batch.groups for rid in g.request_ids)
+            yield collector_pb2.CaptureAck(batch_id=capture_batch.batch_id, stored=n)
+
+
+async def test_a_trainer_without_the_early_metadata_is_written_to_after_the_handshake_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(capture_module, "HANDSHAKE_TIMEOUT_S", 0.2)
+    server = grpc.aio.server()
+    collector = _SilentCollector()
+    collector_pb2_grpc.add_CollectorServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    registry = CollectorRegistry()
+    capture = Capture(f"127.0.0.1:{port}", registry=registry, batch_size=4, flush_interval=0.01)
+    await capture.start()
+    try:
+        rng = np.random.default_rng(0)
+        for i in range(10):
+            _offer(capture, f"s{i}", rng)
+        await eventually(lambda: _value(registry, "pseudoserve_capture_acknowledged_total") == 10,
+                         what="all acknowledged")
+    finally:
+        await capture.stop(5)
+        await server.stop(0.5)
+    assert sorted(collector.received) == sorted(f"s{i}" for i in range(10))
+    assert _value(registry, "pseudoserve_capture_reconnects_total") == 0
 
 
 async def test_oversized_records_are_sent_without_inputs(tmp_path: Path) -> None:
