@@ -300,6 +300,13 @@ class _StreamBroken(Exception):
     """The capture stream ended or the trainer reported an error: reconnect and resend."""
 
 
+async def _ended(reader: asyncio.Task) -> None:
+    """The stream ended: raise its error (a refusal, a broken connection); a clean end from the
+    trainer's side is a broken stream too."""
+    await reader
+    raise _StreamBroken("the trainer closed the capture stream")
+
+
 class Capture:
     """Bounded capture queue plus the background sender (see the module docstring)."""
 
@@ -488,8 +495,7 @@ class Capture:
                 self.metrics.sent.inc(samples)
             while True:
                 if reader.done():
-                    reader.result()  # raises the stream's error
-                    raise _StreamBroken("the trainer closed the capture stream")
+                    await _ended(reader)
                 batch = await self._take_batch()
                 if batch is not None:
                     await call.write(batch)
@@ -520,8 +526,7 @@ class Capture:
         finally:
             metadata.cancel()
         if reader.done() or call.done():
-            await reader  # raises the refusal; a clean end is a broken stream
-            raise _StreamBroken("the trainer closed the capture stream")
+            await _ended(reader)
 
     async def _read_acks(self, call: Any, state: dict[str, bool], acked: asyncio.Event) -> None:
         while True:

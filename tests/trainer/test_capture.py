@@ -400,3 +400,12 @@ def test_trainer_refuses_a_niceness_out_of_range(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "nice" in result.stderr and "19" in result.stderr
     assert not (tmp_path / "s.db").exists()
+
+
+def test_trainer_refuses_an_unknown_cpu_policy_from_the_environment(tmp_path: Path) -> None:
+    env = {**os.environ, "PSEUDOSERVE_TRAINER_CPU_POLICY": "fast"}
+    result = subprocess.run([sys.executable, "-m", "pseudoserve", "trainer", "--store", str(tmp_path / "s.db")],
+                            check=False, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode != 0
+    assert "cpu_policy" in result.stderr and "'idle' or 'nice'" in result.stderr, result.stderr
+    assert not (tmp_path / "s.db").exists()
