@@ -1,7 +1,8 @@
 """Capture benchmark: serving throughput at concurrency 8 with capture on (sampling 1.0, streaming
 every request to a real collector-only trainer) against capture off, in one run.
 
-    .venv/bin/python bench/capture.py [--trials 16] [--duration 2] [--concurrency 8] [--out bench/results/capture.json]
+    .venv/bin/python bench/capture.py [--trials 16] [--duration 2] [--concurrency 8] [--null-collector]
+                                      [--out bench/results/capture.json]
 
 Two `pseudoserve serve` processes on the same model (MLP 64->256->256->10 of ANCHORS.md, the
 config of bench/serving.py) run side by side: one without a trainer address, one with
@@ -13,6 +14,10 @@ of the per-trial ratios on/off (target >= 0.95); the client's and each server's 
 the trainer's CPU per stored record, with the ratio they imply on saturated cores,
 (client + server off) / (client + server on + trainer), a second estimate that background load
 disturbs much less; and the capture counters (captured, acknowledged, dropped) of the "on" server.
+
+`--null-collector` adds a third server, capturing to bench/null_collector.py (acknowledges every
+batch at once, stores nothing, SCHED_IDLE), rotated with the other two in every trial: the part of
+the cost that is the service's own (conversion and sending) against the trainer's store.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=16, help="on/off pairs")
     parser.add_argument("--duration", type=float, default=2.0, help="seconds measured per trial")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--null-collector", action="store_true",
+                        help="also measure a server capturing to a collector that stores nothing")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "capture.json")
     args = parser.parse_args()
 
@@ -81,16 +88,28 @@ def main() -> int:
                                  "--log-level", "WARNING", "--ready-file", str(tmp / "trainer.json")],
                                 tmp / "trainer.json", tmp / "trainer.log")
         servers: dict[str, tuple] = {}
+        null = None
         try:
+            if args.null_collector:
+                null = _start([sys.executable, str(ROOT / "bench" / "null_collector.py"),
+                               "--ready-file", str(tmp / "null-collector.json")],
+                              tmp / "null-collector.json", tmp / "null-collector.log")
             common = [str(PSEUDOSERVE), "serve", "--model-repository", str(repo), "--grpc-port", "0",
                       "--metrics-port", "0", "--log-level", "WARNING"]
             servers["off"] = _start([*common, "--ready-file", str(tmp / "off.json")], tmp / "off.json", tmp / "off.log")
             servers["on"] = _start([*common, "--trainer-address", f"127.0.0.1:{tinfo['grpc_port']}",
                                     "--capture-sampling", "1.0", "--ready-file", str(tmp / "on.json")],
                                    tmp / "on.json", tmp / "on.log")
+            if null is not None:
+                servers["null"] = _start([*common, "--trainer-address", f"127.0.0.1:{null[1]['grpc_port']}",
+                                          "--capture-sampling", "1.0", "--ready-file", str(tmp / "null.json")],
+                                         tmp / "null.json", tmp / "null.log")
+            modes = list(servers)
             trainer_cpu0 = _cpu_seconds(trainer.pid)
             for trial in range(args.trials):
-                order = ("off", "on") if trial % 2 == 0 else ("on", "off")
+                order = modes[trial % len(modes):] + modes[:trial % len(modes)]  # every mode first in turn,
+                if (trial // len(modes)) % 2:  # and every other cycle in reverse
+                    order.reverse()
                 row = {}
                 for mode in order:
                     proc, info = servers[mode]
@@ -100,6 +119,8 @@ def main() -> int:
                     print(f"trial {trial + 1} capture {mode:3s}: {r['throughput']:7.0f} infer/s "
                           f"p50 {r['p50_us']:5.0f} µs  server CPU {r['server_cpu_us']:4.0f} µs/req", flush=True)
                 row["ratio"] = row["on"]["throughput"] / row["off"]["throughput"]
+                if "null" in row:
+                    row["ratio_null"] = row["null"]["throughput"] / row["off"]["throughput"]
                 results["trials"].append(row)
             on_info = servers["on"][1]
             deadline = time.monotonic() + 60  # let the last batches be acknowledged
@@ -114,6 +135,8 @@ def main() -> int:
             for proc, _ in servers.values():
                 _stop(proc)
             _stop(trainer)
+            if null is not None:
+                _stop(null[0])
 
     ratios = [t["ratio"] for t in results["trials"]]
     captured = sum(v for k, v in m.items() if k.startswith("pseudoserve_capture_records_total"))
@@ -143,6 +166,12 @@ def main() -> int:
           f"{s['on_server_cpu_us']:.0f} | {s['trainer_cpu_us_per_record']:.0f} |")
     print(f"\nratio on/off per trial: {', '.join(f'{r:.3f}' for r in ratios)}; median {s['median_ratio']:.3f} "
           f"(target >= 0.95: {'met' if s['median_ratio'] >= 0.95 else 'MISSED'})")
+    if null is not None:
+        s["null_median_ratio"] = float(np.median([t["ratio_null"] for t in results["trials"]]))
+        s["null_server_cpu_us"] = float(np.median([t["null"]["server_cpu_us"] for t in results["trials"]]))
+        print(f"capturing to a collector that stores nothing: median ratio null/off {s['null_median_ratio']:.3f}, "
+              f"server CPU {s['null_server_cpu_us']:.0f} µs/req (off {s['off_server_cpu_us']:.0f}, "
+              f"on {s['on_server_cpu_us']:.0f})")
     print(f"CPU-time estimate: (client + server off) / (client + server on + trainer) = {s['cpu_ratio']:.3f}")
     print(f"captured {s['captured']:.0f}, acknowledged {s['acknowledged']:.0f}, trainer stored {stored:.0f} "
           f"({s['trainer_cpu_us_per_record']:.0f} µs trainer CPU per record), dropped {s['dropped']}")
