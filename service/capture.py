@@ -9,8 +9,10 @@ Who calls it: the service's server start-up builds `Capture.from_settings(settin
 `stop(timeout)`; the DataPlane calls `offer(...)` after every successful request.
 
 Guarantees and choices:
-- `offer` is O(1) and never blocks or raises: sampling, the per-model filter, one tuple appended
-  under a lock that is held only for the append; its counters are plain ints read at scrape time.
+- `offer` is O(1) and never blocks or raises: sampling, the per-model filter, one tuple appended;
+  its counters are plain ints read at scrape time. `offer`, the sender and `stop` all run on one
+  event loop (the data plane's), so the queue takes no lock (a lock per request cost 0.5 µs);
+  `depth()`, read by the metrics thread, only adds plain ints.
   Conversion happens in the background task on the same event loop: requests are sorted into
   groups (model version, input signature, class count) `CONVERT_CHUNK` at a time with a turn of
   the loop in between, so requests never wait behind a whole batch; then each group becomes one
@@ -42,7 +44,6 @@ import math
 import random
 import socket
 import struct
-import threading
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -112,21 +113,19 @@ def probability_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
-def _row_count(outputs: Mapping[str, np.ndarray]) -> int:
-    probs = probability_output(outputs)
-    return int(probs.shape[0]) if probs is not None and probs.ndim == 2 else 1
-
-
 def as_distribution(probs: np.ndarray) -> np.ndarray:
-    """(rows, classes) float64 probabilities; softmax of the rows that are not distributions."""
-    p = np.asarray(probs, dtype=np.float64)
+    """(rows, classes) float32 or float64 probabilities (other types as float64); softmax, in
+    float64, of the rows that are not distributions (checked in the array's own precision)."""
+    p = np.asarray(probs)
+    if p.dtype != np.float32 and p.dtype != np.float64:
+        p = p.astype(np.float64)
     if p.ndim == 1:
         p = p[None, :]
     if p.size == 0:
         return p
     ok = (np.abs(p.sum(axis=1) - 1.0) < 1e-3) & (p.min(axis=1) >= 0.0)
     if not ok.all():
-        bad = p[~ok]
+        bad = p[~ok].astype(np.float64)
         e = np.exp(bad - bad.max(axis=1, keepdims=True))
         p = p.copy()
         p[~ok] = e / e.sum(axis=1, keepdims=True)
@@ -194,20 +193,6 @@ class _Group:
         self.probabilities: list[np.ndarray] = []
         self.truncated: list[int] = []
 
-    def add_one(self, request_id: str, timestamp_ns: int, data: bytes, probabilities: np.ndarray | None,
-                max_record_bytes: int) -> int:
-        """Append a one-row request of a one-input model (see `add`)."""
-        self.ids.append(request_id)
-        self.timestamps.append(timestamp_ns)
-        if probabilities is not None:
-            self.probabilities.append(probabilities)
-        if len(data) + 4 * self.classes > max_record_bytes:
-            self.truncated.append(len(self.ids) - 1)
-            self.columns[0].append(b"")
-            return 1
-        self.columns[0].append(data)
-        return 0
-
     def add(self, request_id: str, timestamp_ns: int, rows: int, columns: list[list[bytes]],
             probabilities: np.ndarray | None, max_record_bytes: int) -> int:
         """Append a request's rows; returns how many of them were truncated (inputs dropped)."""
@@ -237,7 +222,8 @@ class _Group:
             order = np.argsort(P, axis=1)
             top1 = P[rows, order[:, -1]]
             top2 = P[rows, order[:, -2]] if self.classes > 1 else np.zeros_like(top1)
-            stats = {"probabilities": P.astype("<f4").tobytes(), "predicted_class": order[:, -1].tolist(),
+            stats = {"probabilities": np.ascontiguousarray(P, dtype="<f4").tobytes(),
+                     "predicted_class": order[:, -1].tolist(),
                      "confidence": top1.tolist(), "margin": (top1 - top2).tolist()}
         inputs = [collector_pb2.InputColumn(name=name, datatype=datatype, shape=shape, data=b"".join(column),
                                             sizes=[len(chunk) for chunk in column])
@@ -265,19 +251,28 @@ def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_by
     truncated = 0
     for item in items:
         timestamp_ns, request_id, model_name, model_version, inputs, outputs, rows = item
-        probs = probability_output(outputs)
+        probs = outputs.get("probabilities")
+        if probs is None:
+            probs = probability_output(outputs)
         if probs is not None and (probs.ndim not in (1, 2) or probs.shape[-1] == 0):
             probs = None
-        classes = int(probs.shape[-1]) if probs is not None else 0
+        classes = probs.shape[-1] if probs is not None else 0
         if rows == 1 and len(inputs) == 1 and (probs is None or probs.ndim == 2):
-            # the common case (one sample, one input): no slicing, one flat key
+            # the common case (one sample, one input): no slicing, one flat key, appended in place
             name, datatype, shape, raw = inputs[0]
             key = (model_name, model_version, classes, name, datatype, *shape)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Group(model_name, model_version, ((name, datatype, tuple(shape)),), classes)
-            truncated += group.add_one(request_id, timestamp_ns, raw if isinstance(raw, bytes) else bytes(raw), probs,
-                                       max_record_bytes)
+            group.ids.append(request_id)
+            group.timestamps.append(timestamp_ns)
+            if probs is not None:
+                group.probabilities.append(probs)
+            if len(raw) + 4 * classes > max_record_bytes:
+                group.truncated.append(len(group.ids) - 1)
+                raw = b""
+                truncated += 1
+            group.columns[0].append(raw if isinstance(raw, bytes) else bytes(raw))
             continue
         batched = probs is None or probs.ndim == 2
         signature, columns = _row_chunks(inputs, rows, batched)
@@ -330,7 +325,6 @@ class Capture:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self.sender = sender or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        self._lock = threading.Lock()
         self._captured: dict[str, int] = {}  # records offered per model (read at scrape time)
         self.metrics = CaptureMetrics(registry, self._captured, self.depth)
         self._pending: deque[_Queued] = deque()
@@ -368,24 +362,31 @@ class Capture:
                 return
             if self._sampling < 1.0 and self._random() >= self._sampling:
                 return
-            rows = _row_count(outputs)
-            dropped = 0
-            with self._lock:
-                self._pending.append((time.time_ns(), request_id, model_name, model_version, inputs, outputs, rows))
-                self._pending_records += rows
-                while self._pending and (self._pending_records + self._unacked_records
-                                         + self._converting_records > self._capacity):
-                    oldest = self._pending.popleft()
-                    self._pending_records -= oldest[6]
-                    dropped += oldest[6]
-                captured = self._captured
-                captured[model_name] = captured.get(model_name, 0) + rows
-            if dropped:
-                self.metrics.dropped.labels(reason="queue_full").inc(dropped)
+            probs = outputs.get("probabilities")
+            if probs is None:
+                probs = probability_output(outputs)
+            rows = probs.shape[0] if probs is not None and probs.ndim == 2 else 1  # samples in the request
+            self._pending.append((time.time_ns(), request_id, model_name, model_version, inputs, outputs, rows))
+            self._pending_records += rows
+            captured = self._captured
+            captured[model_name] = captured.get(model_name, 0) + rows
+            if self._pending_records + self._unacked_records + self._converting_records > self._capacity:
+                self._drop_oldest()
         except Exception:
             if not self._warned:
                 self._warned = True
                 log.exception("capture: offer failed (logged once)")
+
+    def _drop_oldest(self) -> None:
+        """Over the bound: drop the oldest queued (never sent) records until within it."""
+        dropped = 0
+        while self._pending and (self._pending_records + self._unacked_records
+                                 + self._converting_records > self._capacity):
+            oldest = self._pending.popleft()
+            self._pending_records -= oldest[6]
+            dropped += oldest[6]
+        if dropped:
+            self.metrics.dropped.labels(reason="queue_full").inc(dropped)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -407,11 +408,10 @@ class Capture:
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
-        with self._lock:
-            lost = self._pending_records + self._unacked_records + self._converting_records
-            self._pending.clear()
-            self._unacked.clear()
-            self._pending_records = self._unacked_records = self._converting_records = 0
+        lost = self._pending_records + self._unacked_records + self._converting_records
+        self._pending.clear()
+        self._unacked.clear()
+        self._pending_records = self._unacked_records = self._converting_records = 0
         if lost:
             self.metrics.dropped.labels(reason="shutdown").inc(lost)
             log.warning("capture: %d records not acknowledged by the trainer at shutdown", lost)
@@ -421,14 +421,12 @@ class Capture:
 
     def depth(self) -> int:
         """Records queued, being converted or awaiting acknowledgement."""
-        with self._lock:
-            return self._pending_records + self._unacked_records + self._converting_records
+        return self._pending_records + self._unacked_records + self._converting_records
 
     # -- background sender -----------------------------------------------------------------------
 
     def _drained(self) -> bool:
-        with self._lock:
-            return not self._pending and not self._unacked and not self._converting_records
+        return not self._pending and not self._unacked and not self._converting_records
 
     async def _run(self) -> None:
         attempt = 0
@@ -488,8 +486,7 @@ class Capture:
         reader = asyncio.create_task(self._read_acks(call, state, acked))
         try:
             await self._accepted(call, reader)
-            with self._lock:
-                resend = list(self._unacked.values())
+            resend = list(self._unacked.values())
             for batch, samples in resend:
                 await call.write(batch)
                 self.metrics.sent.inc(samples)
@@ -535,11 +532,9 @@ class Capture:
                 return
             if ack.error:
                 raise _StreamBroken(f"trainer did not store batch {ack.batch_id}: {ack.error}")
-            with self._lock:
-                sent = self._unacked.pop(ack.batch_id, None)
-                if sent is not None:
-                    self._unacked_records -= sent[1]
+            sent = self._unacked.pop(ack.batch_id, None)
             if sent is not None:
+                self._unacked_records -= sent[1]
                 self.metrics.acknowledged.inc(sent[1])
                 state["acked"] = True
                 acked.set()
@@ -548,21 +543,20 @@ class Capture:
         """Next batch to send, or None: the window is full, or too few records are queued and the
         oldest is younger than the flush interval (unless stopping). The conversion yields to the
         event loop every `CONVERT_CHUNK` requests, so serving never stalls behind a whole batch."""
-        with self._lock:
-            if not self._pending or len(self._unacked) >= self._max_in_flight:
-                return None
-            young = (time.time_ns() - self._pending[0][0]) < self._flush_interval * 1e9
-            if self._pending_records < self._batch_size and young and not self._stopping:
-                return None
-            items, count = [], 0
-            while self._pending and count < self._batch_size:
-                item = self._pending.popleft()
-                items.append(item)
-                count += item[6]
-            self._pending_records -= count
-            self._converting_records = count
-            batch_id = self._next_batch_id
-            self._next_batch_id += 1
+        if not self._pending or len(self._unacked) >= self._max_in_flight:
+            return None
+        young = (time.time_ns() - self._pending[0][0]) < self._flush_interval * 1e9
+        if self._pending_records < self._batch_size and young and not self._stopping:
+            return None
+        items, count = [], 0
+        while self._pending and count < self._batch_size:
+            item = self._pending.popleft()
+            items.append(item)
+            count += item[6]
+        self._pending_records -= count
+        self._converting_records = count
+        batch_id = self._next_batch_id
+        self._next_batch_id += 1
         batch = collector_pb2.CaptureBatch(batch_id=batch_id, sender=self.sender)
         try:
             truncated, groups = 0, {}
@@ -584,8 +578,7 @@ class Capture:
         if truncated:
             self.metrics.dropped.labels(reason="too_large").inc(truncated)
         samples = samples_in(batch)
-        with self._lock:
-            self._unacked[batch_id] = (batch, samples)
-            self._unacked_records += samples
-            self._converting_records = 0
+        self._unacked[batch_id] = (batch, samples)
+        self._unacked_records += samples
+        self._converting_records = 0
         return batch

@@ -135,7 +135,7 @@ class DataPlane:
             if not request_id:  # the sample's key in the trainer's store (SubmitLabels by id)
                 request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
             capture.offer(request_id, name, mv.version_str,
-                          [(t.name, t.datatype, list(t.shape), t.raw if t.raw is not None else encode_raw(t.data))
+                          [(t.name, t.datatype, t.shape, t.raw if t.raw is not None else encode_raw(t.data))
                            for t in request.inputs],
                           {s.name: a for s, a in zip(specs, computed)})
         metrics.request_succeeded(rows, self._perf_counter() - start, queue_s)
