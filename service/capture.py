@@ -264,6 +264,8 @@ def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_by
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Group(model_name, model_version, ((name, datatype, tuple(shape)),), classes)
+            if not isinstance(raw, bytes):
+                raw = bytes(raw)
             group.ids.append(request_id)
             group.timestamps.append(timestamp_ns)
             if probs is not None:
@@ -272,7 +274,7 @@ def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_by
                 group.truncated.append(len(group.ids) - 1)
                 raw = b""
                 truncated += 1
-            group.columns[0].append(raw if isinstance(raw, bytes) else bytes(raw))
+            group.columns[0].append(raw)
             continue
         batched = probs is None or probs.ndim == 2
         signature, columns = _row_chunks(inputs, rows, batched)
