@@ -79,6 +79,16 @@ def test_build_batch_splits_rows_and_computes_confidence_and_margin() -> None:
     assert len(groups[0].probabilities) == 3 * 3 * 4
 
 
+def test_the_byte_cap_counts_bytes_of_an_input_given_as_a_typed_memoryview() -> None:
+    x = np.arange(16, dtype=np.float32)  # 64 bytes, but 16 elements as a float32 memoryview
+    probs = np.full((1, 3), 1 / 3, dtype=np.float32)  # 12 bytes
+    item = (1, "r", "m", "1", [("input", "FP32", [1, 16], memoryview(x))], {"probabilities": probs}, 1)
+    groups, truncated = build_batch([item], max_record_bytes=50)
+    assert truncated == 1 and list(groups[0].truncated) == [0] and groups[0].inputs[0].data == b""
+    groups, truncated = build_batch([item], max_record_bytes=76)
+    assert truncated == 0 and groups[0].inputs[0].data == x.tobytes()
+
+
 def test_a_model_without_probabilities_yields_class_minus_one() -> None:
     item = (1, "r", "m", "1", [("input", "INT64", [1, 2], np.arange(2).tobytes())], {"ids": np.zeros((1, 2), np.int64)}, 1)
     (group,), _ = build_batch([item], max_record_bytes=1 << 20)
