@@ -63,7 +63,8 @@ log = logging.getLogger(__name__)
 CONVERT_CHUNK = 32  # requests converted between two turns of the event loop
 HANDSHAKE_TIMEOUT_S = 5.0  # how long a new stream waits for the trainer's initial metadata
 InputTuple = tuple[str, str, Sequence[int], bytes]  # (name, datatype, shape, raw bytes)
-_Queued = tuple[int, str, str, str, Sequence[InputTuple], Mapping[str, np.ndarray], int]
+# queued per request: (timestamp ns, request id, model, version, inputs, probabilities or None, rows)
+_Queued = tuple[int, str, str, str, Sequence[InputTuple], np.ndarray | None, int]
 
 
 class _CapturedCollector:
@@ -103,14 +104,14 @@ class CaptureMetrics:
 
 
 def probability_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """The output holding class probabilities: `probabilities`, else the first 2-D float output."""
+    """The output holding class probabilities: `probabilities`, else the first 2-D float output;
+    None when there is none, or when it is not (classes,) or (rows, classes) with classes > 0."""
     array = outputs.get("probabilities")
-    if array is not None:
-        return array
-    for array in outputs.values():
-        if getattr(array, "ndim", 0) == 2 and array.dtype.kind == "f":
-            return array
-    return None
+    if array is None:
+        array = next((a for a in outputs.values() if getattr(a, "ndim", 0) == 2 and a.dtype.kind == "f"), None)
+    if array is None or array.ndim not in (1, 2) or array.shape[-1] == 0:
+        return None
+    return array
 
 
 def as_distribution(probs: np.ndarray) -> np.ndarray:
@@ -250,12 +251,7 @@ def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_by
     and class count); returns how many samples were truncated."""
     truncated = 0
     for item in items:
-        timestamp_ns, request_id, model_name, model_version, inputs, outputs, rows = item
-        probs = outputs.get("probabilities")
-        if probs is None:
-            probs = probability_output(outputs)
-        if probs is not None and (probs.ndim not in (1, 2) or probs.shape[-1] == 0):
-            probs = None
+        timestamp_ns, request_id, model_name, model_version, inputs, probs, rows = item
         classes = probs.shape[-1] if probs is not None else 0
         if rows == 1 and len(inputs) == 1 and (probs is None or probs.ndim == 2):
             # the common case (one sample, one input): no slicing, one flat key, appended in place
@@ -364,11 +360,9 @@ class Capture:
                 return
             if self._sampling < 1.0 and self._random() >= self._sampling:
                 return
-            probs = outputs.get("probabilities")
-            if probs is None:
-                probs = probability_output(outputs)
+            probs = probability_output(outputs)  # found once, here; conversion reads it from the queue
             rows = probs.shape[0] if probs is not None and probs.ndim == 2 else 1  # samples in the request
-            self._pending.append((time.time_ns(), request_id, model_name, model_version, inputs, outputs, rows))
+            self._pending.append((time.time_ns(), request_id, model_name, model_version, inputs, probs, rows))
             self._pending_records += rows
             captured = self._captured
             captured[model_name] = captured.get(model_name, 0) + rows

@@ -31,6 +31,7 @@ from service.capture import (
     Capture,
     as_distribution,
     build_batch,
+    probability_output,
     samples_in,
 )
 from tests.trainer.helpers import eventually, start_trainer
@@ -55,9 +56,9 @@ def _offer(capture: Capture, request_id: str, rng: np.random.Generator, rows: in
 def test_build_batch_splits_rows_and_computes_confidence_and_margin() -> None:
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     logits = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 5.0]], dtype=np.float32)  # not distributions: softmaxed
-    item = (5, "r", "m", "3", [("input", "FP32", [2, 4], x.tobytes())], {"logits": logits}, 2)
-    one = (6, "s", "m", "3", [("input", "FP32", [1, 4], x[:1].tobytes())], {"logits": logits[:1]}, 1)
-    other = (7, "t", "m", "4", [("input", "FP32", [1, 4], x[:1].tobytes())], {"logits": logits[:1]}, 1)
+    item = (5, "r", "m", "3", [("input", "FP32", [2, 4], x.tobytes())], logits, 2)
+    one = (6, "s", "m", "3", [("input", "FP32", [1, 4], x[:1].tobytes())], logits[:1], 1)
+    other = (7, "t", "m", "4", [("input", "FP32", [1, 4], x[:1].tobytes())], logits[:1], 1)
     groups, truncated = build_batch([item, one, other], max_record_bytes=1 << 20)
     assert truncated == 0 and [(g.model_version, list(g.request_ids)) for g in groups] == [("3", ["r#0", "r#1", "s"]),
                                                                                           ("4", ["t"])]
@@ -82,15 +83,25 @@ def test_build_batch_splits_rows_and_computes_confidence_and_margin() -> None:
 def test_the_byte_cap_counts_bytes_of_an_input_given_as_a_typed_memoryview() -> None:
     x = np.arange(16, dtype=np.float32)  # 64 bytes, but 16 elements as a float32 memoryview
     probs = np.full((1, 3), 1 / 3, dtype=np.float32)  # 12 bytes
-    item = (1, "r", "m", "1", [("input", "FP32", [1, 16], memoryview(x))], {"probabilities": probs}, 1)
+    item = (1, "r", "m", "1", [("input", "FP32", [1, 16], memoryview(x))], probs, 1)
     groups, truncated = build_batch([item], max_record_bytes=50)
     assert truncated == 1 and list(groups[0].truncated) == [0] and groups[0].inputs[0].data == b""
     groups, truncated = build_batch([item], max_record_bytes=76)
     assert truncated == 0 and groups[0].inputs[0].data == x.tobytes()
 
 
+def test_probability_output_picks_the_named_output_else_the_first_2d_float_one() -> None:
+    probs, logits = np.full((2, 3), 1 / 3, np.float32), np.zeros((2, 3), np.float64)
+    ids, scores = np.zeros((2, 3), np.int64), np.zeros((2, 3, 4), np.float32)
+    assert probability_output({"logits": logits, "probabilities": probs}) is probs
+    assert probability_output({"ids": ids, "logits": logits}) is logits
+    assert probability_output({"ids": ids}) is None  # no float output
+    assert probability_output({"probabilities": scores}) is None  # not (rows, classes)
+    assert probability_output({"probabilities": np.zeros((2, 0), np.float32)}) is None  # no class
+
+
 def test_a_model_without_probabilities_yields_class_minus_one() -> None:
-    item = (1, "r", "m", "1", [("input", "INT64", [1, 2], np.arange(2).tobytes())], {"ids": np.zeros((1, 2), np.int64)}, 1)
+    item = (1, "r", "m", "1", [("input", "INT64", [1, 2], np.arange(2).tobytes())], None, 1)
     (group,), _ = build_batch([item], max_record_bytes=1 << 20)
     assert group.classes == 0 and list(group.predicted_class) == [-1] and group.probabilities == b""
 
