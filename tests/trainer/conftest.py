@@ -29,7 +29,7 @@ class Captured:
     def offered(self) -> tuple:
         """The item `service.capture.Capture.offer` queues for this sample."""
         return (1, self.request_id, self.model, self.version,
-                [("input", "FP32", [1, *self.x.shape], self.x.tobytes())], {"probabilities": self.probabilities[None, :]}, 1)
+                [("input", "FP32", [1, *self.x.shape], self.x.tobytes())], self.probabilities[None, :], 1)
 
 
 def make_record(request_id: str, x: np.ndarray, probs: np.ndarray, *, model: str = "classifier",
