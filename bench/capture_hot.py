@@ -47,7 +47,7 @@ async def _convert(capture: Capture) -> tuple[float, float, int]:
 
 def measure(records: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
-    inputs = [[("input", "FP32", [1, 64], rng.random(64, dtype=np.float32).tobytes())] for _ in range(256)]
+    inputs = [[("input", "FP32", (1, 64), rng.random(64, dtype=np.float32).tobytes())] for _ in range(256)]
     outputs = [{"probabilities": rng.dirichlet(np.ones(10)).astype(np.float32)[None, :]} for _ in range(256)]
     ids = [f"{i:032x}" for i in range(records)]
     capture = Capture("127.0.0.1:1", registry=CollectorRegistry(), queue_size=records, batch_size=256,

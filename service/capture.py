@@ -9,7 +9,10 @@ Who calls it: the service's server start-up builds `Capture.from_settings(settin
 `stop(timeout)`; the DataPlane calls `offer(...)` after every successful request.
 
 Guarantees and choices:
-- `offer` is O(1) and never blocks or raises: sampling, the per-model filter, one tuple appended;
+- `offer` is O(1) and never blocks or raises: sampling, the per-model filter, then the common
+  request (one sample, one input as bytes, float32 probabilities) is appended to the newest run
+  of its signature (`_Run`: ids, timestamps, input bytes and probability rows as columns), and
+  any other request is queued as one tuple;
   its counters are plain ints read at scrape time. `offer`, the sender and `stop` all run on one
   event loop (the data plane's), so the queue takes no lock (a lock per request cost 0.5 µs);
   `depth()`, read by the metrics thread, only adds plain ints.
@@ -60,8 +63,10 @@ from protos import collector_pb2, collector_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-CONVERT_CHUNK = 32  # requests converted between two turns of the event loop
+CONVERT_CHUNK = 32  # queued items converted between two turns of the event loop; also the longest run
 HANDSHAKE_TIMEOUT_S = 5.0  # how long a new stream waits for the trainer's initial metadata
+_FLOAT32 = np.dtype(np.float32)
+_time_ns = time.time_ns
 InputTuple = tuple[str, str, Sequence[int], bytes]  # (name, datatype, shape, raw bytes)
 # queued per request: (timestamp ns, request id, model, version, inputs, probabilities or None, rows)
 _Queued = tuple[int, str, str, str, Sequence[InputTuple], np.ndarray | None, int]
@@ -171,6 +176,45 @@ def _row_chunks(inputs: Sequence[InputTuple], rows: int,
     return tuple(signature), columns
 
 
+class _Run:
+    """Consecutive common requests (one sample, one input given as bytes, float32 probabilities) of
+    one model version and input signature, queued as columns from the start: `offer` appends a
+    request's id, timestamp, input bytes and probability row to them, so such traffic leaves no
+    per-request tuple in the queue and no per-sample step in the conversion. At most
+    `CONVERT_CHUNK` samples, so the conversion still yields between runs."""
+
+    __slots__ = ("classes", "data", "datatype", "ids", "key", "model_name", "model_version", "name", "probabilities",
+                 "shape", "size", "timestamps")
+
+    def __init__(self, model_name: str, model_version: str, name: str, datatype: str, shape: tuple[int, ...],
+                 size: int, classes: int) -> None:
+        self.model_name, self.model_version, self.name, self.datatype = model_name, model_version, name, datatype
+        self.shape, self.size, self.classes = shape, size, classes
+        self.key = (model_version, model_name, name, shape, datatype, classes, size)  # as `offer` builds it
+        self.ids: list[str] = []
+        self.timestamps: list[int] = []
+        self.data = bytearray()  # the samples' input bytes, `size` each
+        self.probabilities = bytearray()  # the samples' probability rows, float32, `classes` each
+
+    def split(self, k: int) -> _Run:
+        """Remove the first `k` samples and return them as a run of their own."""
+        head = _Run(self.model_name, self.model_version, self.name, self.datatype, self.shape, self.size, self.classes)
+        head.ids, self.ids = self.ids[:k], self.ids[k:]
+        head.timestamps, self.timestamps = self.timestamps[:k], self.timestamps[k:]
+        head.data, self.data = self.data[:k * self.size], self.data[k * self.size:]
+        width = 4 * self.classes
+        head.probabilities, self.probabilities = self.probabilities[:k * width], self.probabilities[k * width:]
+        return head
+
+
+def _samples(item: _Queued | _Run) -> int:
+    return len(item.ids) if type(item) is _Run else item[6]
+
+
+def _first_timestamp(item: _Queued | _Run) -> int:
+    return item.timestamps[0] if type(item) is _Run else item[0]
+
+
 class _Group:
     """The samples of one CaptureGroup while a batch is being built."""
 
@@ -182,6 +226,7 @@ class _Group:
         "model_version",
         "probabilities",
         "signature",
+        "sizes",
         "timestamps",
         "truncated",
     )
@@ -190,9 +235,20 @@ class _Group:
         self.model_name, self.model_version, self.signature, self.classes = model_name, model_version, signature, classes
         self.ids: list[str] = []
         self.timestamps: list[int] = []
-        self.columns: list[list[bytes]] = [[] for _ in signature]
+        self.columns: list[list[bytes]] = [[] for _ in signature]  # per input: chunks of one or more samples' bytes
+        self.sizes: list[list[int]] = [[] for _ in signature]  # per input: each sample's byte count
         self.probabilities: list[np.ndarray] = []
         self.truncated: list[int] = []
+
+    def add_run(self, run: _Run) -> None:
+        """Append a run's samples: their bytes are already one chunk, their probabilities one
+        (samples, classes) float32 buffer."""
+        n = len(run.ids)
+        self.ids.extend(run.ids)
+        self.timestamps.extend(run.timestamps)
+        self.columns[0].append(run.data)
+        self.sizes[0].extend([run.size] * n)
+        self.probabilities.append(np.frombuffer(run.probabilities, dtype=np.float32).reshape(n, self.classes))
 
     def add(self, request_id: str, timestamp_ns: int, rows: int, columns: list[list[bytes]],
             probabilities: np.ndarray | None, max_record_bytes: int) -> int:
@@ -208,8 +264,9 @@ class _Group:
             for column in columns:
                 column[i] = b""
             self.truncated.append(first + i)
-        for mine, column in zip(self.columns, columns):
+        for mine, sizes, column in zip(self.columns, self.sizes, columns):
             mine.extend(column)
+            sizes.extend([len(chunk) for chunk in column])
         return len(cut)
 
     def write(self, out: Any) -> None:
@@ -227,13 +284,13 @@ class _Group:
                      "predicted_class": order[:, -1].tolist(),
                      "confidence": top1.tolist(), "margin": (top1 - top2).tolist()}
         inputs = [collector_pb2.InputColumn(name=name, datatype=datatype, shape=shape, data=b"".join(column),
-                                            sizes=[len(chunk) for chunk in column])
-                  for (name, datatype, shape), column in zip(self.signature, self.columns)]
+                                            sizes=sizes)
+                  for (name, datatype, shape), column, sizes in zip(self.signature, self.columns, self.sizes)]
         out.add(model_name=self.model_name, model_version=self.model_version, classes=self.classes,
                 request_ids=self.ids, timestamp_ns=self.timestamps, truncated=self.truncated, inputs=inputs, **stats)
 
 
-def build_batch(items: Sequence[_Queued], max_record_bytes: int, out: Any = None) -> tuple[Any, int]:
+def build_batch(items: Sequence[_Queued | _Run], max_record_bytes: int, out: Any = None) -> tuple[Any, int]:
     """CaptureGroups of offered requests (one per model version, input signature and class
     count), appended to `out` (a CaptureBatch's `groups`; default: a new one); returns (the
     groups, how many samples were truncated)."""
@@ -246,11 +303,19 @@ def build_batch(items: Sequence[_Queued], max_record_bytes: int, out: Any = None
     return out, truncated
 
 
-def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_bytes: int) -> int:
+def collect(items: Sequence[_Queued | _Run], groups: dict[tuple, _Group], max_record_bytes: int) -> int:
     """Add offered requests to the groups being built (keyed by model version, input signature
     and class count); returns how many samples were truncated."""
     truncated = 0
     for item in items:
+        if type(item) is _Run:
+            key = (item.model_name, item.model_version, item.classes, item.name, item.datatype, *item.shape)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group(item.model_name, item.model_version,
+                                             ((item.name, item.datatype, item.shape),), item.classes)
+            group.add_run(item)
+            continue
         timestamp_ns, request_id, model_name, model_version, inputs, probs, rows = item
         classes = probs.shape[-1] if probs is not None else 0
         if rows == 1 and len(inputs) == 1 and (probs is None or probs.ndim == 2):
@@ -271,6 +336,7 @@ def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_by
                 raw = b""
                 truncated += 1
             group.columns[0].append(raw)
+            group.sizes[0].append(len(raw))
             continue
         batched = probs is None or probs.ndim == 2
         signature, columns = _row_chunks(inputs, rows, batched)
@@ -325,7 +391,7 @@ class Capture:
         self.sender = sender or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self._captured: dict[str, int] = {}  # records offered per model (read at scrape time)
         self.metrics = CaptureMetrics(registry, self._captured, self.depth)
-        self._pending: deque[_Queued] = deque()
+        self._pending: deque[_Queued | _Run] = deque()
         self._pending_records = 0
         self._unacked: OrderedDict[int, tuple[collector_pb2.CaptureBatch, int]] = OrderedDict()  # id -> (batch, samples)
         self._unacked_records = 0
@@ -362,7 +428,23 @@ class Capture:
                 return
             probs = probability_output(outputs)  # found once, here; conversion reads it from the queue
             rows = probs.shape[0] if probs is not None and probs.ndim == 2 else 1  # samples in the request
-            self._pending.append((time.time_ns(), request_id, model_name, model_version, inputs, probs, rows))
+            pending = self._pending
+            run = pending[-1] if pending else None
+            if rows == 1 and len(inputs) == 1 and probs is not None and probs.dtype is _FLOAT32 and probs.ndim == 2:
+                # the common request: appended to the newest run when it has the same signature
+                name, datatype, shape, raw = inputs[0]
+                key = (model_version, model_name, name, shape, datatype, probs.shape[1], len(raw))
+                if type(run) is not _Run or run.key != key or len(run.ids) >= CONVERT_CHUNK or type(raw) is not bytes:
+                    run = self._new_run(key, raw)
+                if run is not None:
+                    run.probabilities += probs.tobytes()
+                    run.data += raw
+                    run.ids.append(request_id)
+                    run.timestamps.append(_time_ns())
+                else:
+                    pending.append((_time_ns(), request_id, model_name, model_version, inputs, probs, rows))
+            else:
+                pending.append((_time_ns(), request_id, model_name, model_version, inputs, probs, rows))
             self._pending_records += rows
             captured = self._captured
             captured[model_name] = captured.get(model_name, 0) + rows
@@ -373,14 +455,32 @@ class Capture:
                 self._warned = True
                 log.exception("capture: offer failed (logged once)")
 
+    def _new_run(self, key: tuple, raw: Any) -> _Run | None:
+        """A new run queued for a common request of `key` (see `_Run`), or None when the request
+        must be queued on its own: inputs not given as bytes, BYTES tensors (variable sizes), over
+        the byte cap."""
+        model_version, model_name, name, shape, datatype, classes, size = key
+        if type(raw) is not bytes or datatype == "BYTES" or size + 4 * classes > self._max_record_bytes:
+            return None
+        run = _Run(model_name, model_version, name, datatype, tuple(shape), size, classes)
+        self._pending.append(run)
+        return run
+
     def _drop_oldest(self) -> None:
         """Over the bound: drop the oldest queued (never sent) records until within it."""
         dropped = 0
         while self._pending and (self._pending_records + self._unacked_records
                                  + self._converting_records > self._capacity):
-            oldest = self._pending.popleft()
-            self._pending_records -= oldest[6]
-            dropped += oldest[6]
+            excess = self._pending_records + self._unacked_records + self._converting_records - self._capacity
+            oldest = self._pending[0]
+            n = _samples(oldest)
+            if n > excess:  # a run longer than the excess: only its oldest samples go
+                oldest.split(excess)
+                n = excess
+            else:
+                self._pending.popleft()
+            self._pending_records -= n
+            dropped += n
         if dropped:
             self.metrics.dropped.labels(reason="queue_full").inc(dropped)
 
@@ -537,18 +637,25 @@ class Capture:
 
     async def _take_batch(self) -> collector_pb2.CaptureBatch | None:
         """Next batch to send, or None: the window is full, or too few records are queued and the
-        oldest is younger than the flush interval (unless stopping). The conversion yields to the
-        event loop every `CONVERT_CHUNK` requests, so serving never stalls behind a whole batch."""
+        oldest is younger than the flush interval (unless stopping). A run is split to fit the batch.
+        The conversion yields to the event loop every `CONVERT_CHUNK` queued items (requests or
+        runs), so serving never stalls behind a whole batch."""
         if not self._pending or len(self._unacked) >= self._max_in_flight:
             return None
-        young = (time.time_ns() - self._pending[0][0]) < self._flush_interval * 1e9
+        young = (_time_ns() - _first_timestamp(self._pending[0])) < self._flush_interval * 1e9
         if self._pending_records < self._batch_size and young and not self._stopping:
             return None
         items, count = [], 0
         while self._pending and count < self._batch_size:
-            item = self._pending.popleft()
+            item = self._pending[0]
+            n = _samples(item)
+            if type(item) is _Run and count + n > self._batch_size:  # a run is split to fit the batch
+                item = item.split(self._batch_size - count)
+                n = len(item.ids)
+            else:
+                self._pending.popleft()
             items.append(item)
-            count += item[6]
+            count += n
         self._pending_records -= count
         self._converting_records = count
         batch_id = self._next_batch_id
@@ -570,7 +677,8 @@ class Capture:
                 try:
                     truncated += build_batch([item], self._max_record_bytes, batch.groups)[1]
                 except Exception:
-                    log.exception("capture: cannot build records for request %s", item[1])
+                    log.exception("capture: cannot build records for request %s",
+                                  item.ids if type(item) is _Run else item[1])
         if truncated:
             self.metrics.dropped.labels(reason="too_large").inc(truncated)
         samples = samples_in(batch)

@@ -48,7 +48,7 @@ def _offer(capture: Capture, request_id: str, rng: np.random.Generator, rows: in
     x = rng.normal(size=(rows, features)).astype(np.float32)
     logits = rng.normal(size=(rows, 3))
     probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
-    capture.offer(request_id, model, version, [("input", "FP32", [rows, features], x.tobytes())],
+    capture.offer(request_id, model, version, [("input", "FP32", (rows, features), x.tobytes())],
                   {"probabilities": probs, "other": np.zeros((rows, 1), np.float32)})
     return x, probs
 
@@ -88,6 +88,69 @@ def test_the_byte_cap_counts_bytes_of_an_input_given_as_a_typed_memoryview() -> 
     assert truncated == 1 and list(groups[0].truncated) == [0] and groups[0].inputs[0].data == b""
     groups, truncated = build_batch([item], max_record_bytes=76)
     assert truncated == 0 and groups[0].inputs[0].data == x.tobytes()
+
+
+def _samples_of(batch: collector_pb2.CaptureBatch) -> dict[str, tuple[str, bytes, np.ndarray]]:
+    """request id -> (version, input bytes, probability row) of every sample a batch carries."""
+    out = {}
+    for group in batch.groups:
+        (column,) = group.inputs
+        probs = np.frombuffer(group.probabilities, "<f4").reshape(len(group.request_ids), group.classes)
+        offsets = np.concatenate([[0], np.cumsum(column.sizes)])
+        for i, request_id in enumerate(group.request_ids):
+            assert request_id not in out, f"{request_id} sent twice"
+            out[request_id] = (group.model_version, column.data[offsets[i]:offsets[i + 1]], probs[i])
+    return out
+
+
+async def test_common_requests_queued_as_runs_reach_the_batches_as_offered() -> None:
+    """One-sample requests with one bytes input and float32 probabilities are queued as runs
+    (columns from the start), every other request as a tuple; interleaved, they convert to the
+    same samples, runs are split to fit the batch size, and a run never mixes signatures."""
+    capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), batch_size=16, queue_size=1000)
+    rng = np.random.default_rng(3)
+    expected: dict[str, tuple[str, bytes, np.ndarray]] = {}
+    for i in range(90):
+        rows = 2 if i % 17 == 9 else 1
+        x = rng.normal(size=(rows, 4)).astype(np.float32)
+        probs = rng.dirichlet(np.ones(3), size=rows).astype(np.float64 if i % 11 == 5 else np.float32)
+        raw = memoryview(x.tobytes()) if i % 7 == 3 else x.tobytes()
+        version = "2" if i % 13 == 0 else "1"
+        capture.offer(f"q{i}", "m", version, [("input", "FP32", (rows, 4), raw)], {"probabilities": probs})
+        for r in range(rows):
+            expected[f"q{i}" if rows == 1 else f"q{i}#{r}"] = (version, x[r].tobytes(), probs[r])
+    runs = [item for item in capture._pending if isinstance(item, capture_module._Run)]
+    assert runs and max(len(run.ids) for run in runs) > 1 and len(capture._pending) < 90
+    assert all(len({rid for rid in run.ids}) == len(run.ids) <= CONVERT_CHUNK for run in runs)
+    capture._stopping = True  # take everything, however few
+    got, sizes = {}, []
+    while (batch := await capture._take_batch()) is not None:
+        sizes.append(samples_in(batch))
+        got.update(_samples_of(batch))
+        capture._unacked.clear()  # as if acknowledged
+        capture._unacked_records = 0
+    # runs are split to fill a batch exactly; a two-row request is never split, so it may overshoot by one
+    assert all(16 <= n <= 17 for n in sizes[:-1]) and sum(sizes) == len(expected)
+    assert got.keys() == expected.keys()
+    for request_id, (version, data, probs) in expected.items():
+        assert got[request_id][0] == version and got[request_id][1] == data, request_id
+        np.testing.assert_allclose(got[request_id][2], probs, rtol=1e-6)
+    assert capture.depth() == 0
+
+
+async def test_overflow_drops_only_the_oldest_samples_of_a_run() -> None:
+    registry = CollectorRegistry()
+    capture = Capture(f"127.0.0.1:{free_port()}", registry=registry, batch_size=10, queue_size=10)
+    rng = np.random.default_rng(4)
+    for i in range(15):
+        _offer(capture, f"r{i}", rng)
+    assert capture.depth() == 10
+    assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 5
+    capture._stopping = True
+    batch = await capture._take_batch()
+    (group,) = batch.groups
+    assert list(group.request_ids) == [f"r{i}" for i in range(5, 15)]
+    assert len(group.inputs[0].data) == 10 * 16 and list(group.inputs[0].sizes) == [16] * 10
 
 
 def test_probability_output_picks_the_named_output_else_the_first_2d_float_one() -> None:
@@ -304,11 +367,12 @@ async def test_records_being_converted_stay_counted_until_they_are_a_batch() -> 
     """The conversion yields to the event loop between chunks: meanwhile its records count in the
     queue depth and the bound, and a stop at that moment counts them as lost."""
     registry = CollectorRegistry()
-    n = 3 * CONVERT_CHUNK + 5  # four chunks
+    requests = 3 * CONVERT_CHUNK + 5  # four chunks (requests of two rows: queued one by one, not as runs)
+    n = 2 * requests
     capture = Capture(f"127.0.0.1:{free_port()}", registry=registry, batch_size=n, queue_size=n + 1)
     rng = np.random.default_rng(0)
-    for i in range(n):
-        _offer(capture, f"r{i}", rng)
+    for i in range(requests):
+        _offer(capture, f"r{i}", rng, rows=2)
     converting = asyncio.ensure_future(capture._take_batch())
     await asyncio.sleep(0)  # the conversion has run its first chunk and yielded
     assert not converting.done()
