@@ -2,7 +2,7 @@
 every request to a real collector-only trainer) against capture off, in one run.
 
     .venv/bin/python bench/capture.py [--trials 16] [--duration 2] [--concurrency 8] [--null-collector]
-                                      [--out bench/results/capture.json]
+                                      [--aa] [--out bench/results/capture.json]
 
 Two `pseudoserve serve` processes on the same model (MLP 64->256->256->10 of ANCHORS.md, the
 config of bench/serving.py) run side by side: one without a trainer address, one with
@@ -18,6 +18,11 @@ disturbs much less; and the capture counters (captured, acknowledged, dropped) o
 `--null-collector` adds a third server, capturing to bench/null_collector.py (acknowledges every
 batch at once, stores nothing, SCHED_IDLE), rotated with the other two in every trial: the part of
 the cost that is the service's own (conversion and sending) against the trainer's store.
+
+`--aa` adds a second server without capture ("off2", identical to "off"), rotated with the others:
+the median ratio off2/off is this run's own resolution. Two identical server processes differ by
+several percent within one run on this shared machine (process layout, scheduling), which is why
+single runs of the on/off ratio scatter and the figure is pooled over many runs.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--null-collector", action="store_true",
                         help="also measure a server capturing to a collector that stores nothing")
+    parser.add_argument("--aa", action="store_true",
+                        help="also measure a second server without capture (off2 / off: the run's resolution)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "capture.json")
     args = parser.parse_args()
 
@@ -97,6 +104,9 @@ def main() -> int:
             common = [str(PSEUDOSERVE), "serve", "--model-repository", str(repo), "--grpc-port", "0",
                       "--metrics-port", "0", "--log-level", "WARNING"]
             servers["off"] = _start([*common, "--ready-file", str(tmp / "off.json")], tmp / "off.json", tmp / "off.log")
+            if args.aa:
+                servers["off2"] = _start([*common, "--ready-file", str(tmp / "off2.json")], tmp / "off2.json",
+                                         tmp / "off2.log")
             servers["on"] = _start([*common, "--trainer-address", f"127.0.0.1:{tinfo['grpc_port']}",
                                     "--capture-sampling", "1.0", "--ready-file", str(tmp / "on.json")],
                                    tmp / "on.json", tmp / "on.log")
@@ -119,6 +129,8 @@ def main() -> int:
                     print(f"trial {trial + 1} capture {mode:3s}: {r['throughput']:7.0f} infer/s "
                           f"p50 {r['p50_us']:5.0f} µs  server CPU {r['server_cpu_us']:4.0f} µs/req", flush=True)
                 row["ratio"] = row["on"]["throughput"] / row["off"]["throughput"]
+                if "off2" in row:
+                    row["ratio_aa"] = row["off2"]["throughput"] / row["off"]["throughput"]
                 if "null" in row:
                     row["ratio_null"] = row["null"]["throughput"] / row["off"]["throughput"]
                 results["trials"].append(row)
@@ -172,6 +184,12 @@ def main() -> int:
         print(f"capturing to a collector that stores nothing: median ratio null/off {s['null_median_ratio']:.3f}, "
               f"server CPU {s['null_server_cpu_us']:.0f} µs/req (off {s['off_server_cpu_us']:.0f}, "
               f"on {s['on_server_cpu_us']:.0f})")
+    if args.aa:
+        s["aa_median_ratio"] = float(np.median([t["ratio_aa"] for t in results["trials"]]))
+        s["on_off2_median_ratio"] = float(np.median([t["on"]["throughput"] / t["off2"]["throughput"]
+                                                     for t in results["trials"]]))
+        print(f"two servers without capture: median ratio off2/off {s['aa_median_ratio']:.3f} (this run's "
+              f"resolution); on/off2 {s['on_off2_median_ratio']:.3f}")
     print(f"CPU-time estimate: (client + server off) / (client + server on + trainer) = {s['cpu_ratio']:.3f}")
     print(f"captured {s['captured']:.0f}, acknowledged {s['acknowledged']:.0f}, trainer stored {stored:.0f} "
           f"({s['trainer_cpu_us_per_record']:.0f} µs trainer CPU per record), dropped {s['dropped']}")
