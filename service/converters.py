@@ -17,24 +17,29 @@ from service.tensors import DATATYPES, datatype, decode_raw, element_count, enco
 
 
 def infer_request_from_proto(request: pb.ModelInferRequest) -> InferRequest:
-    """Domain request; InvalidArgument naming the input and field for malformed tensors."""
-    raw = request.raw_input_contents
+    """Domain request; InvalidArgument naming the input and field for malformed tensors.
+
+    Repeated fields are read as slices (`field[:]`, a list in one call), never iterated: protobuf's
+    upb containers have no `__iter__`, so iterating one calls `__getitem__` until it raises an
+    IndexError with a formatted message, which cost ~0.5 µs per iteration (three per request)."""
+    raw = request.raw_input_contents[:]
+    tensors = request.inputs[:]
     inputs = []
     if raw:
-        if len(raw) != len(request.inputs):
+        if len(raw) != len(tensors):
             raise InvalidArgument(f"raw_input_contents has {len(raw)} entries but the request has "
-                                  f"{len(request.inputs)} inputs (exactly one entry per input)")
-        for tensor, data in zip(request.inputs, raw):
+                                  f"{len(tensors)} inputs (exactly one entry per input)")
+        for tensor, data in zip(tensors, raw):
             if tensor.HasField("contents"):
                 raise InvalidArgument(f"input {tensor.name!r}: both contents and raw_input_contents are given")
-            shape = tuple(tensor.shape)
+            shape = tuple(tensor.shape[:])
             array = decode_raw(data, tensor.datatype, shape, name=f"input {tensor.name!r}")
             inputs.append(InferInput(tensor.name, tensor.datatype, shape, array, data))
     else:
-        for tensor in request.inputs:
-            shape = tuple(tensor.shape)
+        for tensor in tensors:
+            shape = tuple(tensor.shape[:])
             inputs.append(InferInput(tensor.name, tensor.datatype, shape, _decode_contents(tensor, shape)))
-    requested = [o.name for o in request.outputs]
+    requested = [o.name for o in request.outputs[:]]
     capture = True
     if "capture" in request.parameters:  # opt-out of capture (e.g. evaluation traffic)
         param = request.parameters["capture"]
