@@ -434,13 +434,17 @@ class Capture:
                 # the common request: appended to the newest run when it has the same signature
                 name, datatype, shape, raw = inputs[0]
                 key = (model_version, model_name, name, shape, datatype, probs.shape[1], len(raw))
-                if type(run) is not _Run or run.key != key or len(run.ids) >= CONVERT_CHUNK or type(raw) is not bytes:
+                fresh = (type(run) is not _Run or run.key != key or len(run.ids) >= CONVERT_CHUNK
+                         or type(raw) is not bytes)
+                if fresh:
                     run = self._new_run(key, raw)
                 if run is not None:
                     run.probabilities += probs.tobytes()
                     run.data += raw
                     run.ids.append(request_id)
                     run.timestamps.append(_time_ns())
+                    if fresh:  # queued only once it holds a sample
+                        pending.append(run)
                 else:
                     pending.append((_time_ns(), request_id, model_name, model_version, inputs, probs, rows))
             else:
@@ -456,15 +460,13 @@ class Capture:
                 log.exception("capture: offer failed (logged once)")
 
     def _new_run(self, key: tuple, raw: Any) -> _Run | None:
-        """A new run queued for a common request of `key` (see `_Run`), or None when the request
-        must be queued on its own: inputs not given as bytes, BYTES tensors (variable sizes), over
-        the byte cap."""
+        """A new (empty, not yet queued) run for a common request of `key` (see `_Run`), or None
+        when the request must be queued on its own: inputs not given as bytes, BYTES tensors
+        (variable sizes), over the byte cap."""
         model_version, model_name, name, shape, datatype, classes, size = key
         if type(raw) is not bytes or datatype == "BYTES" or size + 4 * classes > self._max_record_bytes:
             return None
-        run = _Run(model_name, model_version, name, datatype, tuple(shape), size, classes)
-        self._pending.append(run)
-        return run
+        return _Run(model_name, model_version, name, datatype, tuple(shape), size, classes)
 
     def _drop_oldest(self) -> None:
         """Over the bound: drop the oldest queued (never sent) records until within it."""
