@@ -186,11 +186,9 @@ class _Run:
     __slots__ = ("classes", "data", "datatype", "ids", "key", "model_name", "model_version", "name", "probabilities",
                  "shape", "size", "timestamps")
 
-    def __init__(self, model_name: str, model_version: str, name: str, datatype: str, shape: tuple[int, ...],
-                 size: int, classes: int) -> None:
-        self.model_name, self.model_version, self.name, self.datatype = model_name, model_version, name, datatype
-        self.shape, self.size, self.classes = shape, size, classes
-        self.key = (model_version, model_name, name, shape, datatype, classes, size)  # as `offer` builds it
+    def __init__(self, key: tuple[str, str, str, tuple[int, ...], str, int, int]) -> None:
+        self.key = key  # (version, model, input name, shape, datatype, classes, input bytes), as `offer` builds it
+        self.model_version, self.model_name, self.name, self.shape, self.datatype, self.classes, self.size = key
         self.ids: list[str] = []
         self.timestamps: list[int] = []
         self.data = bytearray()  # the samples' input bytes, `size` each
@@ -198,7 +196,7 @@ class _Run:
 
     def split(self, k: int) -> _Run:
         """Remove the first `k` samples and return them as a run of their own."""
-        head = _Run(self.model_name, self.model_version, self.name, self.datatype, self.shape, self.size, self.classes)
+        head = _Run(self.key)
         head.ids, self.ids = self.ids[:k], self.ids[k:]
         head.timestamps, self.timestamps = self.timestamps[:k], self.timestamps[k:]
         head.data, self.data = self.data[:k * self.size], self.data[k * self.size:]
@@ -308,7 +306,7 @@ def collect(items: Sequence[_Queued | _Run], groups: dict[tuple, _Group], max_re
     and class count); returns how many samples were truncated."""
     truncated = 0
     for item in items:
-        if type(item) is _Run:
+        if type(item) is _Run:  # the common request, already columns
             key = (item.model_name, item.model_version, item.classes, item.name, item.datatype, *item.shape)
             group = groups.get(key)
             if group is None:
@@ -318,30 +316,10 @@ def collect(items: Sequence[_Queued | _Run], groups: dict[tuple, _Group], max_re
             continue
         timestamp_ns, request_id, model_name, model_version, inputs, probs, rows = item
         classes = probs.shape[-1] if probs is not None else 0
-        if rows == 1 and len(inputs) == 1 and (probs is None or probs.ndim == 2):
-            # the common case (one sample, one input): no slicing, one flat key, appended in place
-            name, datatype, shape, raw = inputs[0]
-            key = (model_name, model_version, classes, name, datatype, *shape)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = _Group(model_name, model_version, ((name, datatype, tuple(shape)),), classes)
-            if not isinstance(raw, bytes):
-                raw = bytes(raw)
-            group.ids.append(request_id)
-            group.timestamps.append(timestamp_ns)
-            if probs is not None:
-                group.probabilities.append(probs)
-            if len(raw) + 4 * classes > max_record_bytes:
-                group.truncated.append(len(group.ids) - 1)
-                raw = b""
-                truncated += 1
-            group.columns[0].append(raw)
-            group.sizes[0].append(len(raw))
-            continue
         batched = probs is None or probs.ndim == 2
         signature, columns = _row_chunks(inputs, rows, batched)
         key = (model_name, model_version, classes, *(part for name, datatype, shape in signature
-                                                    for part in (name, datatype, *shape)))  # as the fast path's
+                                                    for part in (name, datatype, *shape)))  # as a run's
         group = groups.get(key)
         if group is None:
             group = groups[key] = _Group(model_name, model_version, signature, classes)
@@ -466,7 +444,7 @@ class Capture:
         model_version, model_name, name, shape, datatype, classes, size = key
         if type(raw) is not bytes or datatype == "BYTES" or size + 4 * classes > self._max_record_bytes:
             return None
-        return _Run(model_name, model_version, name, datatype, tuple(shape), size, classes)
+        return _Run((model_version, model_name, name, tuple(shape), datatype, classes, size))
 
     def _drop_oldest(self) -> None:
         """Over the bound: drop the oldest queued (never sent) records until within it."""
