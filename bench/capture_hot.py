@@ -25,6 +25,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from service.capture import Capture
+from service.domain import InferInput
 
 
 async def _convert(capture: Capture) -> tuple[float, float, int]:
@@ -47,14 +48,16 @@ async def _convert(capture: Capture) -> tuple[float, float, int]:
 
 def measure(records: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
-    inputs = [[("input", "FP32", (1, 64), rng.random(64, dtype=np.float32).tobytes())] for _ in range(256)]
-    outputs = [{"probabilities": rng.dirichlet(np.ones(10)).astype(np.float32)[None, :]} for _ in range(256)]
+    xs = [rng.random((1, 64), dtype=np.float32) for _ in range(256)]
+    inputs = [[InferInput("input", "FP32", (1, 64), x, x.tobytes())] for x in xs]
+    names = ["probabilities"]
+    outputs = [[rng.dirichlet(np.ones(10)).astype(np.float32)[None, :]] for _ in range(256)]
     ids = [f"{i:032x}" for i in range(records)]
     capture = Capture("127.0.0.1:1", registry=CollectorRegistry(), queue_size=records, batch_size=256,
                       flush_interval=0.0)
     start = time.thread_time()
     for i in range(records):
-        capture.offer(ids[i], "mlp", "1", inputs[i % 256], outputs[i % 256])
+        capture.offer(ids[i], "mlp", "1", inputs[i % 256], names, outputs[i % 256], 1)
     offer = time.thread_time() - start
     capture._stopping = True  # take every queued record, however few
     convert, serialize, batches = asyncio.run(_convert(capture))

@@ -9,22 +9,24 @@ Who calls it: the service's server start-up builds `Capture.from_settings(settin
 `stop(timeout)`; the DataPlane calls `offer(...)` after every successful request.
 
 Guarantees and choices:
-- `offer` is O(1) and never blocks or raises: sampling, the per-model filter, then the common
-  request (one sample, one input as bytes, float32 probabilities) is appended to the newest run
-  of its signature (`_Run`: ids, timestamps, input bytes and probability rows as columns), and
-  any other request is queued as one tuple;
-  its counters are plain ints read at scrape time. `offer`, the sender and `stop` all run on one
-  event loop (the data plane's), so the queue takes no lock (a lock per request cost 0.5 µs);
+- `offer` is O(1) and never blocks or raises: sampling, the per-model filter, then one tuple of
+  references to what the data plane already holds (its InferInputs, the output arrays and their
+  names) is appended to the queue; its counters are plain ints read at scrape time. Nothing is
+  looked at, copied or grouped on the request path: in a live server every step there runs with
+  cold caches and costs about three times its hot-loop figure (docs/benchmarks.md, section 2), so
+  all of it happens in the sender, a batch at a time. `offer`, the sender and `stop` all run on
+  one event loop (the data plane's), so the queue takes no lock (a lock per request cost 0.5 µs);
   `depth()`, read by the metrics thread, only adds plain ints.
   Conversion happens in the background task on the same event loop: requests are sorted into
   groups (model version, input signature, class count) `CONVERT_CHUNK` at a time with a turn of
-  the loop in between, so requests never wait behind a whole batch; then each group becomes one
-  CaptureGroup with numpy-computed columns (probabilities, predicted class, confidence, margin)
-  and the inputs' bytes joined per input, never a message per sample.
+  the loop in between, so requests never wait behind a whole batch (the common request, one
+  sample with one input given as bytes, is appended to its group without any per-input step);
+  then each group becomes one CaptureGroup with numpy-computed columns (probabilities, predicted
+  class, confidence, margin) and the inputs' bytes joined per input, never a message per sample.
 - The bound (`queue_size` records) covers queued records, those being converted *and*
   sent-but-unacknowledged ones.
-  When it is exceeded the oldest queued (not yet sent) records are dropped, counted as
-  `pseudoserve_capture_dropped_total{reason="queue_full"}`; unacknowledged batches are kept for
+  When it is exceeded the oldest queued (not yet sent) requests are dropped whole, their records
+  counted as `pseudoserve_capture_dropped_total{reason="queue_full"}`; unacknowledged batches are kept for
   resending (at most `max_in_flight` batches are in flight), so memory stays bounded however long
   the trainer is down, slow or restarting, and clients never notice.
 - A record whose inputs exceed `max_record_bytes` is still sent with its prediction metadata but
@@ -33,10 +35,11 @@ Guarantees and choices:
 - Reconnects use exponential backoff with full jitter (`uniform(0, min(max, initial * 2**n))`),
   reset after the first acknowledgement of a stream; unacknowledged batches are resent first,
   with their original batch ids; the trainer deduplicates by request id.
-- A request of N rows yields N records with ids "<id>" (N == 1) or "<id>#<row>", each with its
-  own rows of every input (shape [1, ...]). Probabilities come from the output named
-  `probabilities`, else the first 2-D floating output, softmaxed if its rows are not already
-  distributions; a model without one yields records with empty probabilities and class -1.
+- A request of N rows (its batch size; 1 for a model without batching) yields N records with ids
+  "<id>" (N == 1) or "<id>#<row>", each with its own rows of every input (shape [1, ...]).
+  Probabilities come from the output named `probabilities`, else the first 2-D floating output,
+  softmaxed if its rows are not already distributions; a model without one (or whose one has not
+  a row per record) yields records with empty probabilities and class -1.
 """
 
 from __future__ import annotations
@@ -60,16 +63,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 
 from protos import collector_pb2, collector_pb2_grpc
+from service.domain import InferInput
+from service.tensors import encode_raw
 
 log = logging.getLogger(__name__)
 
-CONVERT_CHUNK = 32  # queued items converted between two turns of the event loop; also the longest run
+CONVERT_CHUNK = 32  # queued requests converted between two turns of the event loop
 HANDSHAKE_TIMEOUT_S = 5.0  # how long a new stream waits for the trainer's initial metadata
-_FLOAT32 = np.dtype(np.float32)
 _time_ns = time.time_ns
 InputTuple = tuple[str, str, Sequence[int], bytes]  # (name, datatype, shape, raw bytes)
-# queued per request: (timestamp ns, request id, model, version, inputs, probabilities or None, rows)
-_Queued = tuple[int, str, str, str, Sequence[InputTuple], np.ndarray | None, int]
+# queued per request: (timestamp ns, request id, model, version, inputs, output names, outputs, rows)
+_Queued = tuple[int, str, str, str, Sequence[InferInput], Sequence[str], Sequence[np.ndarray], int]
 
 
 class _CapturedCollector:
@@ -176,43 +180,6 @@ def _row_chunks(inputs: Sequence[InputTuple], rows: int,
     return tuple(signature), columns
 
 
-class _Run:
-    """Consecutive common requests (one sample, one input given as bytes, float32 probabilities) of
-    one model version and input signature, queued as columns from the start: `offer` appends a
-    request's id, timestamp, input bytes and probability row to them, so such traffic leaves no
-    per-request tuple in the queue and no per-sample step in the conversion. At most
-    `CONVERT_CHUNK` samples, so the conversion still yields between runs."""
-
-    __slots__ = ("classes", "data", "datatype", "ids", "key", "model_name", "model_version", "name", "probabilities",
-                 "shape", "size", "timestamps")
-
-    def __init__(self, key: tuple[str, str, str, tuple[int, ...], str, int, int]) -> None:
-        self.key = key  # (version, model, input name, shape, datatype, classes, input bytes), as `offer` builds it
-        self.model_version, self.model_name, self.name, self.shape, self.datatype, self.classes, self.size = key
-        self.ids: list[str] = []
-        self.timestamps: list[int] = []
-        self.data = bytearray()  # the samples' input bytes, `size` each
-        self.probabilities = bytearray()  # the samples' probability rows, float32, `classes` each
-
-    def split(self, k: int) -> _Run:
-        """Remove the first `k` samples and return them as a run of their own."""
-        head = _Run(self.key)
-        head.ids, self.ids = self.ids[:k], self.ids[k:]
-        head.timestamps, self.timestamps = self.timestamps[:k], self.timestamps[k:]
-        head.data, self.data = self.data[:k * self.size], self.data[k * self.size:]
-        width = 4 * self.classes
-        head.probabilities, self.probabilities = self.probabilities[:k * width], self.probabilities[k * width:]
-        return head
-
-
-def _samples(item: _Queued | _Run) -> int:
-    return len(item.ids) if type(item) is _Run else item[6]
-
-
-def _first_timestamp(item: _Queued | _Run) -> int:
-    return item.timestamps[0] if type(item) is _Run else item[0]
-
-
 class _Group:
     """The samples of one CaptureGroup while a batch is being built."""
 
@@ -238,15 +205,14 @@ class _Group:
         self.probabilities: list[np.ndarray] = []
         self.truncated: list[int] = []
 
-    def add_run(self, run: _Run) -> None:
-        """Append a run's samples: their bytes are already one chunk, their probabilities one
-        (samples, classes) float32 buffer."""
-        n = len(run.ids)
-        self.ids.extend(run.ids)
-        self.timestamps.extend(run.timestamps)
-        self.columns[0].append(run.data)
-        self.sizes[0].extend([run.size] * n)
-        self.probabilities.append(np.frombuffer(run.probabilities, dtype=np.float32).reshape(n, self.classes))
+    def add_sample(self, request_id: str, timestamp_ns: int, data: bytes, probabilities: np.ndarray) -> None:
+        """Append one sample of a one-input group whose bytes are within the cap and whose
+        probabilities are one (1, classes) row: the common request, with no per-input step."""
+        self.ids.append(request_id)
+        self.timestamps.append(timestamp_ns)
+        self.columns[0].append(data)
+        self.sizes[0].append(len(data))
+        self.probabilities.append(probabilities)
 
     def add(self, request_id: str, timestamp_ns: int, rows: int, columns: list[list[bytes]],
             probabilities: np.ndarray | None, max_record_bytes: int) -> int:
@@ -288,7 +254,7 @@ class _Group:
                 request_ids=self.ids, timestamp_ns=self.timestamps, truncated=self.truncated, inputs=inputs, **stats)
 
 
-def build_batch(items: Sequence[_Queued | _Run], max_record_bytes: int, out: Any = None) -> tuple[Any, int]:
+def build_batch(items: Sequence[_Queued], max_record_bytes: int, out: Any = None) -> tuple[Any, int]:
     """CaptureGroups of offered requests (one per model version, input signature and class
     count), appended to `out` (a CaptureBatch's `groups`; default: a new one); returns (the
     groups, how many samples were truncated)."""
@@ -301,25 +267,38 @@ def build_batch(items: Sequence[_Queued | _Run], max_record_bytes: int, out: Any
     return out, truncated
 
 
-def collect(items: Sequence[_Queued | _Run], groups: dict[tuple, _Group], max_record_bytes: int) -> int:
-    """Add offered requests to the groups being built (keyed by model version, input signature
-    and class count); returns how many samples were truncated."""
+def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_bytes: int) -> int:
+    """Add offered requests to the groups being built (keyed by model version, class count and
+    input signature); returns how many samples were truncated."""
     truncated = 0
-    for item in items:
-        if type(item) is _Run:  # the common request, already columns
-            key = (item.model_name, item.model_version, item.classes, item.name, item.datatype, *item.shape)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = _Group(item.model_name, item.model_version,
-                                             ((item.name, item.datatype, item.shape),), item.classes)
-            group.add_run(item)
-            continue
-        timestamp_ns, request_id, model_name, model_version, inputs, probs, rows = item
+    found: dict[int, int | None] = {}  # id(output names) -> index of the probability output (or None)
+    for timestamp_ns, request_id, model_name, model_version, inputs, names, arrays, rows in items:
+        index = found.get(id(names), -1)  # the names are a model version's, alive while `items` is
+        if index == -1:
+            probs = probability_output(dict(zip(names, arrays)))
+            index = found[id(names)] = None if probs is None else next(i for i, a in enumerate(arrays) if a is probs)
+        probs = None if index is None else arrays[index]
+        if probs is not None and (probs.ndim not in (1, 2) or probs.shape[-1] == 0):
+            probs = None  # as probability_output would say for this request's array
+        if rows == 1 and len(inputs) == 1 and probs is not None and probs.ndim == 2 and probs.shape[0] == 1:
+            tensor = inputs[0]
+            data, classes = tensor.raw, probs.shape[1]
+            if type(data) is bytes and tensor.datatype != "BYTES" and len(data) + 4 * classes <= max_record_bytes:
+                key = (model_name, model_version, classes, tensor.name, tensor.datatype, tensor.shape)
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = _Group(model_name, model_version,
+                                                 ((tensor.name, tensor.datatype, tuple(tensor.shape)),), classes)
+                group.add_sample(request_id, timestamp_ns, data, probs)
+                continue
+        batched = probs is None or probs.ndim == 2  # 1-D probabilities: a model without batching
+        if probs is not None and (probs.shape[0] if probs.ndim == 2 else 1) != rows:
+            probs = None  # not one row per record
         classes = probs.shape[-1] if probs is not None else 0
-        batched = probs is None or probs.ndim == 2
-        signature, columns = _row_chunks(inputs, rows, batched)
-        key = (model_name, model_version, classes, *(part for name, datatype, shape in signature
-                                                    for part in (name, datatype, *shape)))  # as a run's
+        signature, columns = _row_chunks(
+            [(t.name, t.datatype, t.shape, t.raw if t.raw is not None else encode_raw(t.data)) for t in inputs],
+            rows, batched)
+        key = (model_name, model_version, classes, *(part for entry in signature for part in entry))  # as above
         group = groups.get(key)
         if group is None:
             group = groups[key] = _Group(model_name, model_version, signature, classes)
@@ -369,7 +348,7 @@ class Capture:
         self.sender = sender or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self._captured: dict[str, int] = {}  # records offered per model (read at scrape time)
         self.metrics = CaptureMetrics(registry, self._captured, self.depth)
-        self._pending: deque[_Queued | _Run] = deque()
+        self._pending: deque[_Queued] = deque()
         self._pending_records = 0
         self._unacked: OrderedDict[int, tuple[collector_pb2.CaptureBatch, int]] = OrderedDict()  # id -> (batch, samples)
         self._unacked_records = 0
@@ -396,37 +375,19 @@ class Capture:
 
     # -- the hot path ----------------------------------------------------------------------------
 
-    def offer(self, request_id: str, model_name: str, model_version: str, inputs: Sequence[InputTuple],
-              outputs: Mapping[str, np.ndarray]) -> None:
-        """Queue one served request for capture. O(1); never blocks, never raises."""
+    def offer(self, request_id: str, model_name: str, model_version: str, inputs: Sequence[InferInput],
+              output_names: Sequence[str], outputs: Sequence[np.ndarray], rows: int = 1) -> None:
+        """Queue one served request for capture: its InferInputs, the model's output arrays in the
+        order of `output_names`, and its batch size `rows` (1 for a model without batching), which
+        is how many records it yields. O(1): one tuple appended, nothing looked at or copied (the
+        sender does that); never blocks, never raises. The arrays must not change afterwards."""
         try:
             if self._closed or (self._models is not None and model_name not in self._models):
                 return
             if self._sampling < 1.0 and self._random() >= self._sampling:
                 return
-            probs = probability_output(outputs)  # found once, here; conversion reads it from the queue
-            rows = probs.shape[0] if probs is not None and probs.ndim == 2 else 1  # samples in the request
-            pending = self._pending
-            run = pending[-1] if pending else None
-            if rows == 1 and len(inputs) == 1 and probs is not None and probs.dtype is _FLOAT32 and probs.ndim == 2:
-                # the common request: appended to the newest run when it has the same signature
-                name, datatype, shape, raw = inputs[0]
-                key = (model_version, model_name, name, shape, datatype, probs.shape[1], len(raw))
-                fresh = (type(run) is not _Run or run.key != key or len(run.ids) >= CONVERT_CHUNK
-                         or type(raw) is not bytes)
-                if fresh:
-                    run = self._new_run(key, raw)
-                if run is not None:
-                    run.probabilities += probs.tobytes()
-                    run.data += raw
-                    run.ids.append(request_id)
-                    run.timestamps.append(_time_ns())
-                    if fresh:  # queued only once it holds a sample
-                        pending.append(run)
-                else:
-                    pending.append((_time_ns(), request_id, model_name, model_version, inputs, probs, rows))
-            else:
-                pending.append((_time_ns(), request_id, model_name, model_version, inputs, probs, rows))
+            self._pending.append((_time_ns(), request_id, model_name, model_version, inputs, output_names, outputs,
+                                  rows))
             self._pending_records += rows
             captured = self._captured
             captured[model_name] = captured.get(model_name, 0) + rows
@@ -437,30 +398,14 @@ class Capture:
                 self._warned = True
                 log.exception("capture: offer failed (logged once)")
 
-    def _new_run(self, key: tuple, raw: Any) -> _Run | None:
-        """A new (empty, not yet queued) run for a common request of `key` (see `_Run`), or None
-        when the request must be queued on its own: inputs not given as bytes, BYTES tensors
-        (variable sizes), over the byte cap."""
-        model_version, model_name, name, shape, datatype, classes, size = key
-        if type(raw) is not bytes or datatype == "BYTES" or size + 4 * classes > self._max_record_bytes:
-            return None
-        return _Run((model_version, model_name, name, tuple(shape), datatype, classes, size))
-
     def _drop_oldest(self) -> None:
-        """Over the bound: drop the oldest queued (never sent) records until within it."""
+        """Over the bound: drop the oldest queued (never sent) requests until within it."""
         dropped = 0
-        while self._pending and (self._pending_records + self._unacked_records
-                                 + self._converting_records > self._capacity):
-            excess = self._pending_records + self._unacked_records + self._converting_records - self._capacity
-            oldest = self._pending[0]
-            n = _samples(oldest)
-            if n > excess:  # a run longer than the excess: only its oldest samples go
-                oldest.split(excess)
-                n = excess
-            else:
-                self._pending.popleft()
-            self._pending_records -= n
-            dropped += n
+        pending = self._pending
+        while pending and (self._pending_records - dropped + self._unacked_records
+                           + self._converting_records > self._capacity):
+            dropped += pending.popleft()[7]
+        self._pending_records -= dropped
         if dropped:
             self.metrics.dropped.labels(reason="queue_full").inc(dropped)
 
@@ -617,25 +562,20 @@ class Capture:
 
     async def _take_batch(self) -> collector_pb2.CaptureBatch | None:
         """Next batch to send, or None: the window is full, or too few records are queued and the
-        oldest is younger than the flush interval (unless stopping). A run is split to fit the batch.
-        The conversion yields to the event loop every `CONVERT_CHUNK` queued items (requests or
-        runs), so serving never stalls behind a whole batch."""
+        oldest is younger than the flush interval (unless stopping). A batch holds whole requests,
+        `batch_size` records or more when its last request has several. The conversion yields to
+        the event loop every `CONVERT_CHUNK` requests, so serving never stalls behind a whole batch."""
         if not self._pending or len(self._unacked) >= self._max_in_flight:
             return None
-        young = (_time_ns() - _first_timestamp(self._pending[0])) < self._flush_interval * 1e9
+        young = (_time_ns() - self._pending[0][0]) < self._flush_interval * 1e9
         if self._pending_records < self._batch_size and young and not self._stopping:
             return None
         items, count = [], 0
-        while self._pending and count < self._batch_size:
-            item = self._pending[0]
-            n = _samples(item)
-            if type(item) is _Run and count + n > self._batch_size:  # a run is split to fit the batch
-                item = item.split(self._batch_size - count)
-                n = len(item.ids)
-            else:
-                self._pending.popleft()
+        pending = self._pending
+        while pending and count < self._batch_size:
+            item = pending.popleft()
             items.append(item)
-            count += n
+            count += item[7]
         self._pending_records -= count
         self._converting_records = count
         batch_id = self._next_batch_id
@@ -657,8 +597,7 @@ class Capture:
                 try:
                     truncated += build_batch([item], self._max_record_bytes, batch.groups)[1]
                 except Exception:
-                    log.exception("capture: cannot build records for request %s",
-                                  item.ids if type(item) is _Run else item[1])
+                    log.exception("capture: cannot build records for request %s", item[1])
         if truncated:
             self.metrics.dropped.labels(reason="too_large").inc(truncated)
         samples = samples_in(batch)

@@ -26,7 +26,6 @@ from service.errors import ServerNotReady, ServingError
 from service.manager import ModelManager
 from service.metrics import ServiceMetrics, VersionMetrics
 from service.model import tensor_spec
-from service.tensors import encode_raw
 
 SERVER_NAME = "pseudoserve"
 EXTENSIONS = ["model_repository", "model_configuration", "statistics", "schedule_policy",
@@ -134,9 +133,6 @@ class DataPlane:
         if capture is not None and request.capture:
             if not request_id:  # the sample's key in the trainer's store (SubmitLabels by id)
                 request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
-            capture.offer(request_id, name, mv.version_str,
-                          [(t.name, t.datatype, t.shape, t.raw if t.raw is not None else encode_raw(t.data))
-                           for t in request.inputs],
-                          {s.name: a for s, a in zip(specs, computed)})
+            capture.offer(request_id, name, mv.version_str, request.inputs, mv.output_names, computed, rows)
         metrics.request_succeeded(rows, self._perf_counter() - start, queue_s)
         return InferResponse(name, mv.version_str, request_id, outputs, request.raw_outputs)

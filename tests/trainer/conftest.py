@@ -9,6 +9,7 @@ import pytest
 
 from protos import collector_pb2
 from service.capture import build_batch
+from service.domain import InferInput
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,9 @@ class Captured:
 
     def offered(self) -> tuple:
         """The item `service.capture.Capture.offer` queues for this sample."""
-        return (1, self.request_id, self.model, self.version,
-                [("input", "FP32", [1, *self.x.shape], self.x.tobytes())], self.probabilities[None, :], 1)
+        x = self.x[None, :]
+        return (1, self.request_id, self.model, self.version, [InferInput("input", "FP32", x.shape, x, x.tobytes())],
+                ["probabilities"], [self.probabilities[None, :]], 1)
 
 
 def make_record(request_id: str, x: np.ndarray, probs: np.ndarray, *, model: str = "classifier",

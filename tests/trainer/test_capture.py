@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from protos import collector_pb2, collector_pb2_grpc
+from protos import collector_pb2, collector_pb2_grpc, inference_pb2, inference_pb2_grpc
 from pseudoserve.demo import free_port
 from service import capture as capture_module
 from service.capture import (
@@ -34,6 +34,10 @@ from service.capture import (
     probability_output,
     samples_in,
 )
+from service.domain import InferInput
+from service.server import InferenceServer
+from tests.fixtures.onnx_models import write_version
+from tests.fixtures.servers import make_settings
 from tests.trainer.helpers import eventually, start_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,22 +47,35 @@ def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
 
+def _input(x: np.ndarray, raw: bool = True, name: str = "input", datatype: str = "FP32") -> InferInput:
+    """The InferInput the server decodes from a request carrying `x` as raw bytes (or as typed
+    contents, raw=False)."""
+    return InferInput(name, datatype, x.shape, x, x.tobytes() if raw else None)
+
+
+def _queued(timestamp_ns: int, request_id: str, version: str, inputs: list[InferInput],
+            probs: np.ndarray | None, rows: int) -> tuple:
+    """A queued request as `Capture.offer` queues it, for `build_batch`."""
+    names, outputs = (["probabilities"], [probs]) if probs is not None else ([], [])
+    return (timestamp_ns, request_id, "m", version, inputs, names, outputs, rows)
+
+
 def _offer(capture: Capture, request_id: str, rng: np.random.Generator, rows: int = 1, model: str = "classifier",
            version: str = "1", features: int = 4) -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(size=(rows, features)).astype(np.float32)
     logits = rng.normal(size=(rows, 3))
     probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
-    capture.offer(request_id, model, version, [("input", "FP32", (rows, features), x.tobytes())],
-                  {"probabilities": probs, "other": np.zeros((rows, 1), np.float32)})
+    capture.offer(request_id, model, version, [_input(x)], ["other", "probabilities"],
+                  [np.zeros((rows, 1), np.float32), probs], rows)
     return x, probs
 
 
 def test_build_batch_splits_rows_and_computes_confidence_and_margin() -> None:
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     logits = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 5.0]], dtype=np.float32)  # not distributions: softmaxed
-    item = (5, "r", "m", "3", [("input", "FP32", [2, 4], x.tobytes())], logits, 2)
-    one = (6, "s", "m", "3", [("input", "FP32", [1, 4], x[:1].tobytes())], logits[:1], 1)
-    other = (7, "t", "m", "4", [("input", "FP32", [1, 4], x[:1].tobytes())], logits[:1], 1)
+    item = _queued(5, "r", "3", [_input(x)], logits, 2)
+    one = _queued(6, "s", "3", [_input(x[:1])], logits[:1], 1)
+    other = _queued(7, "t", "4", [_input(x[:1])], logits[:1], 1)
     groups, truncated = build_batch([item, one, other], max_record_bytes=1 << 20)
     assert truncated == 0 and [(g.model_version, list(g.request_ids)) for g in groups] == [("3", ["r#0", "r#1", "s"]),
                                                                                           ("4", ["t"])]
@@ -80,10 +97,10 @@ def test_build_batch_splits_rows_and_computes_confidence_and_margin() -> None:
     assert len(groups[0].probabilities) == 3 * 3 * 4
 
 
-def test_the_byte_cap_counts_bytes_of_an_input_given_as_a_typed_memoryview() -> None:
-    x = np.arange(16, dtype=np.float32)  # 64 bytes, but 16 elements as a float32 memoryview
+def test_an_input_given_as_typed_contents_is_captured_as_its_raw_bytes_and_capped_by_them() -> None:
+    x = np.arange(16, dtype=np.float32).reshape(1, 16)  # 64 bytes
     probs = np.full((1, 3), 1 / 3, dtype=np.float32)  # 12 bytes
-    item = (1, "r", "m", "1", [("input", "FP32", [1, 16], memoryview(x))], probs, 1)
+    item = _queued(1, "r", "1", [_input(x, raw=False)], probs, 1)
     groups, truncated = build_batch([item], max_record_bytes=50)
     assert truncated == 1 and list(groups[0].truncated) == [0] and groups[0].inputs[0].data == b""
     groups, truncated = build_batch([item], max_record_bytes=76)
@@ -103,10 +120,11 @@ def _samples_of(batch: collector_pb2.CaptureBatch) -> dict[str, tuple[str, bytes
     return out
 
 
-async def test_common_requests_queued_as_runs_reach_the_batches_as_offered() -> None:
-    """One-sample requests with one bytes input and float32 probabilities are queued as runs
-    (columns from the start), every other request as a tuple; interleaved, they convert to the
-    same samples, runs are split to fit the batch size, and a run never mixes signatures."""
+async def test_common_and_other_requests_interleaved_reach_the_batches_as_offered() -> None:
+    """One-sample requests with one raw input (the common request, grouped without a per-input
+    step) interleaved with multi-row, typed-contents and float64 requests and two versions: every
+    sample reaches a batch once with its version, bytes and probabilities; batches hold whole
+    requests."""
     capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), batch_size=16, queue_size=1000)
     rng = np.random.default_rng(3)
     expected: dict[str, tuple[str, bytes, np.ndarray]] = {}
@@ -114,14 +132,11 @@ async def test_common_requests_queued_as_runs_reach_the_batches_as_offered() -> 
         rows = 2 if i % 17 == 9 else 1
         x = rng.normal(size=(rows, 4)).astype(np.float32)
         probs = rng.dirichlet(np.ones(3), size=rows).astype(np.float64 if i % 11 == 5 else np.float32)
-        raw = memoryview(x.tobytes()) if i % 7 == 3 else x.tobytes()
         version = "2" if i % 13 == 0 else "1"
-        capture.offer(f"q{i}", "m", version, [("input", "FP32", (rows, 4), raw)], {"probabilities": probs})
+        capture.offer(f"q{i}", "m", version, [_input(x, raw=i % 7 != 3)], ["probabilities"], [probs], rows)
         for r in range(rows):
             expected[f"q{i}" if rows == 1 else f"q{i}#{r}"] = (version, x[r].tobytes(), probs[r])
-    runs = [item for item in capture._pending if isinstance(item, capture_module._Run)]
-    assert runs and max(len(run.ids) for run in runs) > 1 and len(capture._pending) < 90
-    assert all(len({rid for rid in run.ids}) == len(run.ids) <= CONVERT_CHUNK for run in runs)
+    assert len(capture._pending) == 90 and capture.depth() == len(expected)
     capture._stopping = True  # take everything, however few
     got, sizes = {}, []
     while (batch := await capture._take_batch()) is not None:
@@ -129,7 +144,7 @@ async def test_common_requests_queued_as_runs_reach_the_batches_as_offered() -> 
         got.update(_samples_of(batch))
         capture._unacked.clear()  # as if acknowledged
         capture._unacked_records = 0
-    # runs are split to fill a batch exactly; a two-row request is never split, so it may overshoot by one
+    # a two-row request is never split, so a batch may overshoot by one
     assert all(16 <= n <= 17 for n in sizes[:-1]) and sum(sizes) == len(expected)
     assert got.keys() == expected.keys()
     for request_id, (version, data, probs) in expected.items():
@@ -138,7 +153,7 @@ async def test_common_requests_queued_as_runs_reach_the_batches_as_offered() -> 
     assert capture.depth() == 0
 
 
-async def test_overflow_drops_only_the_oldest_samples_of_a_run() -> None:
+async def test_overflow_drops_the_oldest_requests_and_keeps_the_newest_in_order() -> None:
     registry = CollectorRegistry()
     capture = Capture(f"127.0.0.1:{free_port()}", registry=registry, batch_size=10, queue_size=10)
     rng = np.random.default_rng(4)
@@ -164,9 +179,16 @@ def test_probability_output_picks_the_named_output_else_the_first_2d_float_one()
 
 
 def test_a_model_without_probabilities_yields_class_minus_one() -> None:
-    item = (1, "r", "m", "1", [("input", "INT64", [1, 2], np.arange(2).tobytes())], None, 1)
+    item = _queued(1, "r", "1", [_input(np.arange(2).reshape(1, 2), datatype="INT64")], None, 1)
     (group,), _ = build_batch([item], max_record_bytes=1 << 20)
     assert group.classes == 0 and list(group.predicted_class) == [-1] and group.probabilities == b""
+    batch = _queued(2, "b", "1", [_input(np.arange(6).reshape(3, 2), datatype="INT64")], None, 3)
+    (group,), _ = build_batch([batch], max_record_bytes=1 << 20)  # still a record per row
+    assert list(group.request_ids) == ["b#0", "b#1", "b#2"] and list(group.predicted_class) == [-1] * 3
+    assert list(group.inputs[0].shape) == [1, 2] and list(group.inputs[0].sizes) == [16] * 3
+    two_rows = _queued(3, "u", "1", [_input(np.ones((1, 2), np.float32))], np.full((2, 3), 1 / 3, np.float32), 1)
+    (group,), _ = build_batch([two_rows], max_record_bytes=1 << 20)  # not a row per record: no probabilities
+    assert list(group.request_ids) == ["u"] and group.classes == 0 and list(group.predicted_class) == [-1]
 
 
 async def test_offered_requests_reach_the_store_with_ids_versions_and_confidences(tmp_path: Path) -> None:
@@ -195,6 +217,48 @@ async def test_offered_requests_reach_the_store_with_ids_versions_and_confidence
     assert _value(registry, "pseudoserve_capture_records_total", model="classifier") == len(expected)
     assert _value(registry, "pseudoserve_capture_sent_total") == len(expected)
     assert _value(registry, "pseudoserve_capture_queue_depth") == 0
+
+
+async def test_a_served_batch_request_yields_a_record_per_row_with_its_own_input_and_probabilities(
+        tmp_path: Path) -> None:
+    """Through a real server: a 3-row request with raw inputs, a 1-row request with typed contents
+    and a common 1-row request become 5 stored samples, each with its own input row and the
+    probabilities the client received."""
+    trainer = await start_trainer(tmp_path)
+    repo = tmp_path / "models"
+    write_version(repo, "mlp", 1)
+    server = InferenceServer(make_settings(repo, trainer_address=f"127.0.0.1:{trainer.grpc_port}"), CollectorRegistry())
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+    x = np.random.default_rng(2).random((5, 64), dtype=np.float32)
+    try:
+        sent = {}
+        for request_id, rows, typed in (("multi", x[:3], False), ("typed", x[3:4], True), ("one", x[4:], False)):
+            request = inference_pb2.ModelInferRequest(model_name="mlp", id=request_id)
+            tensor = request.inputs.add(name="input", datatype="FP32", shape=list(rows.shape))
+            if typed:
+                tensor.contents.fp32_contents.extend(rows.ravel().tolist())
+            else:
+                request.raw_input_contents.append(rows.tobytes())
+            response = await stub.ModelInfer(request)
+            probs = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(len(rows), -1) if not typed \
+                else np.array(response.outputs[0].contents.fp32_contents, np.float32).reshape(1, -1)
+            for r in range(len(rows)):
+                sent[request_id if len(rows) == 1 else f"{request_id}#{r}"] = (rows[r], probs[r])
+        await eventually(lambda: trainer.store.counts()["unlabeled"] == 5, what="5 records stored")
+        stored = trainer.store.samples_by_id(trainer.store.unlabeled_arrays()[0].tolist())
+    finally:
+        await channel.close()
+        await server.stop()
+        await trainer.stop(0.5)
+    assert {s.request_id for s in stored} == set(sent) == {"multi#0", "multi#1", "multi#2", "typed", "one"}
+    for sample in stored:
+        row, probs = sent[sample.request_id]
+        (tensor,) = sample.inputs
+        assert list(tensor.shape) == [1, 64] and tensor.data == row.tobytes(), sample.request_id
+        np.testing.assert_allclose(sample.probabilities, probs, rtol=1e-6)
+        assert sample.predicted_class == int(np.argmax(probs)) and sample.model_version == "1"
 
 
 async def test_sampling_and_model_filter(tmp_path: Path) -> None:
@@ -234,6 +298,21 @@ async def test_queue_overflow_drops_the_oldest_and_counts_them(tmp_path: Path) -
     finally:
         await capture.stop(5)
         await trainer.stop(0.5)
+
+
+def test_overflow_with_multi_row_requests_drops_whole_requests_and_keeps_the_bound() -> None:
+    """Requests of several rows overflowing by less than a request: the oldest whole request goes
+    (its every record counted), and the bound holds request after request."""
+    registry = CollectorRegistry()
+    capture = Capture(f"127.0.0.1:{free_port()}", registry=registry, queue_size=7, batch_size=4)
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        _offer(capture, f"r{i}", rng, rows=3)
+        assert capture.depth() <= 7
+    assert capture.depth() == 6 and [item[1] for item in capture._pending] == ["r10", "r11"]
+    assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 30
+    assert _value(registry, "pseudoserve_capture_records_total", model="classifier") == 36
+    assert not capture._warned  # no offer failed
 
 
 async def test_trainer_down_at_start_then_up_delivers_everything(tmp_path: Path) -> None:
@@ -359,7 +438,7 @@ async def test_stop_with_the_trainer_down_gives_up_in_time_and_counts_the_loss()
     _offer(capture, "lost", np.random.default_rng(0))
     await capture.stop(0.3)
     assert _value(registry, "pseudoserve_capture_dropped_total", reason="shutdown") == 1
-    capture.offer("after", "m", "1", [], {})  # after stop: ignored, never raises
+    capture.offer("after", "m", "1", [], [], [])  # after stop: ignored, never raises
     assert capture.depth() == 0
 
 
@@ -367,7 +446,7 @@ async def test_records_being_converted_stay_counted_until_they_are_a_batch() -> 
     """The conversion yields to the event loop between chunks: meanwhile its records count in the
     queue depth and the bound, and a stop at that moment counts them as lost."""
     registry = CollectorRegistry()
-    requests = 3 * CONVERT_CHUNK + 5  # four chunks (requests of two rows: queued one by one, not as runs)
+    requests = 3 * CONVERT_CHUNK + 5  # four chunks
     n = 2 * requests
     capture = Capture(f"127.0.0.1:{free_port()}", registry=registry, batch_size=n, queue_size=n + 1)
     rng = np.random.default_rng(0)

@@ -225,13 +225,14 @@ def test_directory_as_store_path_is_refused(tmp_path: Path) -> None:
 def test_multi_row_multi_input_and_bytes_samples_keep_their_inputs_exactly(tmp_path: Path) -> None:
     """Every sample of a capture group keeps each input's bytes, datatype and per-sample shape."""
     from service.capture import build_batch
+    from service.domain import InferInput
     from service.tensors import encode_raw
 
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     words = np.array([[b"a"], [b"longer"]], dtype=object)
     probs = np.array([[0.9, 0.1], [0.3, 0.7]], dtype=np.float32)
-    item = (7, "two", "m", "2", [("x", "FP32", [2, 3], x.tobytes()), ("w", "BYTES", [2, 1], encode_raw(words))],
-            probs, 2)
+    inputs = [InferInput("x", "FP32", (2, 3), x, x.tobytes()), InferInput("w", "BYTES", (2, 1), words, encode_raw(words))]
+    item = (7, "two", "m", "2", inputs, ["probabilities"], [probs], 2)
     with SampleStore(tmp_path / "s.db") as store:
         assert store.add_captured(build_batch([item], 1 << 20)[0]) == (2, 0)
         ids, X = store.unlabeled_arrays()
