@@ -50,14 +50,13 @@ def measure(records: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     xs = [rng.random((1, 64), dtype=np.float32) for _ in range(256)]
     inputs = [[InferInput("input", "FP32", (1, 64), x, x.tobytes())] for x in xs]
-    names = ["probabilities"]
-    outputs = [[rng.dirichlet(np.ones(10)).astype(np.float32)[None, :]] for _ in range(256)]
+    outputs = [rng.dirichlet(np.ones(10)).astype(np.float32)[None, :] for _ in range(256)]
     ids = [f"{i:032x}" for i in range(records)]
     capture = Capture("127.0.0.1:1", registry=CollectorRegistry(), queue_size=records, batch_size=256,
                       flush_interval=0.0)
     start = time.thread_time()
     for i in range(records):
-        capture.offer(ids[i], "mlp", "1", inputs[i % 256], names, outputs[i % 256], 1)
+        capture.offer(ids[i], "mlp", "1", inputs[i % 256], outputs[i % 256], 1)
     offer = time.thread_time() - start
     capture._stopping = True  # take every queued record, however few
     convert, serialize, batches = asyncio.run(_convert(capture))

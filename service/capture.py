@@ -10,8 +10,8 @@ Who calls it: the service's server start-up builds `Capture.from_settings(settin
 
 Guarantees and choices:
 - `offer` is O(1) and never blocks or raises: sampling, the per-model filter, then one tuple of
-  references to what the data plane already holds (its InferInputs, the output arrays and their
-  names) is appended to the queue; its counters are plain ints read at scrape time. Nothing is
+  references to what the data plane already holds (its InferInputs and the probability output,
+  which the model version knows: `ModelVersion.prob_index`) is appended to the queue; its counters are plain ints read at scrape time. Nothing is
   looked at, copied or grouped on the request path: in a live server every step there runs with
   cold caches and costs about three times its hot-loop figure (docs/benchmarks.md, section 2), so
   all of it happens in the sender, a batch at a time. `offer`, the sender and `stop` all run on
@@ -37,9 +37,10 @@ Guarantees and choices:
   with their original batch ids; the trainer deduplicates by request id.
 - A request of N rows (its batch size; 1 for a model without batching) yields N records with ids
   "<id>" (N == 1) or "<id>#<row>", each with its own rows of every input (shape [1, ...]).
-  Probabilities come from the output named `probabilities`, else the first 2-D floating output,
-  softmaxed if its rows are not already distributions; a model without one (or whose one has not
-  a row per record) yields records with empty probabilities and class -1.
+  Probabilities come from the output the data plane passes (named `probabilities`, else the first
+  2-D floating output), softmaxed if its rows are not already distributions; a model without one
+  (or whose one is not (classes,) or (rows, classes) with a row per record) yields records with
+  empty probabilities and class -1.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ import struct
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,8 @@ log = logging.getLogger(__name__)
 CONVERT_CHUNK = 32  # queued requests converted between two turns of the event loop
 HANDSHAKE_TIMEOUT_S = 5.0  # how long a new stream waits for the trainer's initial metadata
 _time_ns = time.time_ns
-InputTuple = tuple[str, str, Sequence[int], bytes]  # (name, datatype, shape, raw bytes)
-# queued per request: (timestamp ns, request id, model, version, inputs, output names, outputs, rows)
-_Queued = tuple[int, str, str, str, Sequence[InferInput], Sequence[str], Sequence[np.ndarray], int]
+# queued per request: (timestamp ns, request id, model, version, inputs, probabilities or None, rows)
+_Queued = tuple[int, str, str, str, Sequence[InferInput], np.ndarray | None, int]
 
 
 class _CapturedCollector:
@@ -112,17 +112,6 @@ class CaptureMetrics:
             self.dropped.labels(reason=reason)
 
 
-def probability_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """The output holding class probabilities: `probabilities`, else the first 2-D float output;
-    None when there is none, or when it is not (classes,) or (rows, classes) with classes > 0."""
-    array = outputs.get("probabilities")
-    if array is None:
-        array = next((a for a in outputs.values() if getattr(a, "ndim", 0) == 2 and a.dtype.kind == "f"), None)
-    if array is None or array.ndim not in (1, 2) or array.shape[-1] == 0:
-        return None
-    return array
-
-
 def as_distribution(probs: np.ndarray) -> np.ndarray:
     """(rows, classes) float32 or float64 probabilities (other types as float64); softmax, in
     float64, of the rows that are not distributions (checked in the array's own precision)."""
@@ -152,13 +141,14 @@ def _split_bytes_elements(data: bytes, count: int) -> list[bytes]:
     return out
 
 
-def _row_chunks(inputs: Sequence[InputTuple], rows: int,
+def _row_chunks(inputs: Sequence[InferInput], rows: int,
                 batched: bool) -> tuple[tuple[tuple[str, str, tuple[int, ...]], ...], list[list[bytes]]]:
-    """(signature: per input (name, datatype, per-sample shape), per input: the rows' bytes)."""
+    """(signature: per input (name, datatype, per-sample shape), per input: the rows' bytes, as
+    received or, for typed contents, encoded)."""
     signature, columns = [], []
-    for name, datatype, shape, raw in inputs:
-        data = raw if isinstance(raw, bytes) else bytes(raw)
-        shape = tuple(shape)
+    for tensor in inputs:
+        name, datatype, shape = tensor.name, tensor.datatype, tuple(tensor.shape)
+        data = tensor.raw if tensor.raw is not None else encode_raw(tensor.data)
         if not batched:  # the model has no batch dimension: the request is one sample
             signature.append((name, datatype, (1, *shape)))
             columns.append([data])
@@ -191,7 +181,6 @@ class _Group:
         "model_version",
         "probabilities",
         "signature",
-        "sizes",
         "timestamps",
         "truncated",
     )
@@ -200,8 +189,7 @@ class _Group:
         self.model_name, self.model_version, self.signature, self.classes = model_name, model_version, signature, classes
         self.ids: list[str] = []
         self.timestamps: list[int] = []
-        self.columns: list[list[bytes]] = [[] for _ in signature]  # per input: chunks of one or more samples' bytes
-        self.sizes: list[list[int]] = [[] for _ in signature]  # per input: each sample's byte count
+        self.columns: list[list[bytes]] = [[] for _ in signature]  # per input: each sample's bytes
         self.probabilities: list[np.ndarray] = []
         self.truncated: list[int] = []
 
@@ -211,7 +199,6 @@ class _Group:
         self.ids.append(request_id)
         self.timestamps.append(timestamp_ns)
         self.columns[0].append(data)
-        self.sizes[0].append(len(data))
         self.probabilities.append(probabilities)
 
     def add(self, request_id: str, timestamp_ns: int, rows: int, columns: list[list[bytes]],
@@ -228,9 +215,8 @@ class _Group:
             for column in columns:
                 column[i] = b""
             self.truncated.append(first + i)
-        for mine, sizes, column in zip(self.columns, self.sizes, columns):
+        for mine, column in zip(self.columns, columns):
             mine.extend(column)
-            sizes.extend([len(chunk) for chunk in column])
         return len(cut)
 
     def write(self, out: Any) -> None:
@@ -248,8 +234,8 @@ class _Group:
                      "predicted_class": order[:, -1].tolist(),
                      "confidence": top1.tolist(), "margin": (top1 - top2).tolist()}
         inputs = [collector_pb2.InputColumn(name=name, datatype=datatype, shape=shape, data=b"".join(column),
-                                            sizes=sizes)
-                  for (name, datatype, shape), column, sizes in zip(self.signature, self.columns, self.sizes)]
+                                            sizes=[len(chunk) for chunk in column])
+                  for (name, datatype, shape), column in zip(self.signature, self.columns)]
         out.add(model_name=self.model_name, model_version=self.model_version, classes=self.classes,
                 request_ids=self.ids, timestamp_ns=self.timestamps, truncated=self.truncated, inputs=inputs, **stats)
 
@@ -271,19 +257,13 @@ def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_by
     """Add offered requests to the groups being built (keyed by model version, class count and
     input signature); returns how many samples were truncated."""
     truncated = 0
-    found: dict[int, int | None] = {}  # id(output names) -> index of the probability output (or None)
-    for timestamp_ns, request_id, model_name, model_version, inputs, names, arrays, rows in items:
-        index = found.get(id(names), -1)  # the names are a model version's, alive while `items` is
-        if index == -1:
-            probs = probability_output(dict(zip(names, arrays)))
-            index = found[id(names)] = None if probs is None else next(i for i, a in enumerate(arrays) if a is probs)
-        probs = None if index is None else arrays[index]
+    for timestamp_ns, request_id, model_name, model_version, inputs, probs, rows in items:
         if probs is not None and (probs.ndim not in (1, 2) or probs.shape[-1] == 0):
-            probs = None  # as probability_output would say for this request's array
+            probs = None  # not (classes,) or (rows, classes): no usable probabilities
         if rows == 1 and len(inputs) == 1 and probs is not None and probs.ndim == 2 and probs.shape[0] == 1:
             tensor = inputs[0]
             data, classes = tensor.raw, probs.shape[1]
-            if type(data) is bytes and tensor.datatype != "BYTES" and len(data) + 4 * classes <= max_record_bytes:
+            if data is not None and tensor.datatype != "BYTES" and len(data) + 4 * classes <= max_record_bytes:
                 key = (model_name, model_version, classes, tensor.name, tensor.datatype, tensor.shape)
                 group = groups.get(key)
                 if group is None:
@@ -295,9 +275,7 @@ def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_by
         if probs is not None and (probs.shape[0] if probs.ndim == 2 else 1) != rows:
             probs = None  # not one row per record
         classes = probs.shape[-1] if probs is not None else 0
-        signature, columns = _row_chunks(
-            [(t.name, t.datatype, t.shape, t.raw if t.raw is not None else encode_raw(t.data)) for t in inputs],
-            rows, batched)
+        signature, columns = _row_chunks(inputs, rows, batched)
         key = (model_name, model_version, classes, *(part for entry in signature for part in entry))  # as above
         group = groups.get(key)
         if group is None:
@@ -376,18 +354,17 @@ class Capture:
     # -- the hot path ----------------------------------------------------------------------------
 
     def offer(self, request_id: str, model_name: str, model_version: str, inputs: Sequence[InferInput],
-              output_names: Sequence[str], outputs: Sequence[np.ndarray], rows: int = 1) -> None:
-        """Queue one served request for capture: its InferInputs, the model's output arrays in the
-        order of `output_names`, and its batch size `rows` (1 for a model without batching), which
-        is how many records it yields. O(1): one tuple appended, nothing looked at or copied (the
-        sender does that); never blocks, never raises. The arrays must not change afterwards."""
+              probabilities: np.ndarray | None, rows: int = 1) -> None:
+        """Queue one served request for capture: its InferInputs, its probability output (None for a
+        model without one) and its batch size `rows` (1 for a model without batching), which is how
+        many records it yields. O(1): one tuple appended, nothing looked at or copied (the sender
+        does that); never blocks, never raises. The array must not change afterwards."""
         try:
             if self._closed or (self._models is not None and model_name not in self._models):
                 return
             if self._sampling < 1.0 and self._random() >= self._sampling:
                 return
-            self._pending.append((_time_ns(), request_id, model_name, model_version, inputs, output_names, outputs,
-                                  rows))
+            self._pending.append((_time_ns(), request_id, model_name, model_version, inputs, probabilities, rows))
             self._pending_records += rows
             captured = self._captured
             captured[model_name] = captured.get(model_name, 0) + rows
@@ -404,7 +381,7 @@ class Capture:
         pending = self._pending
         while pending and (self._pending_records - dropped + self._unacked_records
                            + self._converting_records > self._capacity):
-            dropped += pending.popleft()[7]
+            dropped += pending.popleft()[6]
         self._pending_records -= dropped
         if dropped:
             self.metrics.dropped.labels(reason="queue_full").inc(dropped)
@@ -575,7 +552,7 @@ class Capture:
         while pending and count < self._batch_size:
             item = pending.popleft()
             items.append(item)
-            count += item[7]
+            count += item[6]
         self._pending_records -= count
         self._converting_records = count
         batch_id = self._next_batch_id

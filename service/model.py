@@ -58,7 +58,7 @@ class ModelVersion:
         self.prob_index = _probabilities_index(self.outputs)
         self.check_nan = options.nan_policy == "reject"
         self._float_inputs = {n for n, s in self.inputs.items() if s.dtype.kind == "f"}
-        self.output_names = [s.name for s in self.outputs]  # in the order of the computed arrays
+        self._output_names = [s.name for s in self.outputs]
         self.batcher = DynamicBatcher(
             self._run, instances=len(sessions), max_batch_size=options.max_batch_size,
             max_queue_delay_s=options.max_queue_delay_us / 1e6, executor=executor,
@@ -146,7 +146,7 @@ class ModelVersion:
 
     # --- internals ----------------------------------------------------------------------------
     def _run(self, index: int, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._runners[index](self.output_names, feeds)
+        return self._runners[index](self._output_names, feeds)
 
     def _on_batch(self, outputs: list[np.ndarray], rows: int, compute_s: float) -> None:
         self.metrics.batch_computed(rows, compute_s)

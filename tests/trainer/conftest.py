@@ -31,7 +31,7 @@ class Captured:
         """The item `service.capture.Capture.offer` queues for this sample."""
         x = self.x[None, :]
         return (1, self.request_id, self.model, self.version, [InferInput("input", "FP32", x.shape, x, x.tobytes())],
-                ["probabilities"], [self.probabilities[None, :]], 1)
+                self.probabilities[None, :], 1)
 
 
 def make_record(request_id: str, x: np.ndarray, probs: np.ndarray, *, model: str = "classifier",

@@ -31,7 +31,6 @@ from service.capture import (
     Capture,
     as_distribution,
     build_batch,
-    probability_output,
     samples_in,
 )
 from service.domain import InferInput
@@ -56,8 +55,7 @@ def _input(x: np.ndarray, raw: bool = True, name: str = "input", datatype: str =
 def _queued(timestamp_ns: int, request_id: str, version: str, inputs: list[InferInput],
             probs: np.ndarray | None, rows: int) -> tuple:
     """A queued request as `Capture.offer` queues it, for `build_batch`."""
-    names, outputs = (["probabilities"], [probs]) if probs is not None else ([], [])
-    return (timestamp_ns, request_id, "m", version, inputs, names, outputs, rows)
+    return (timestamp_ns, request_id, "m", version, inputs, probs, rows)
 
 
 def _offer(capture: Capture, request_id: str, rng: np.random.Generator, rows: int = 1, model: str = "classifier",
@@ -65,8 +63,7 @@ def _offer(capture: Capture, request_id: str, rng: np.random.Generator, rows: in
     x = rng.normal(size=(rows, features)).astype(np.float32)
     logits = rng.normal(size=(rows, 3))
     probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
-    capture.offer(request_id, model, version, [_input(x)], ["other", "probabilities"],
-                  [np.zeros((rows, 1), np.float32), probs], rows)
+    capture.offer(request_id, model, version, [_input(x)], probs, rows)
     return x, probs
 
 
@@ -133,7 +130,7 @@ async def test_common_and_other_requests_interleaved_reach_the_batches_as_offere
         x = rng.normal(size=(rows, 4)).astype(np.float32)
         probs = rng.dirichlet(np.ones(3), size=rows).astype(np.float64 if i % 11 == 5 else np.float32)
         version = "2" if i % 13 == 0 else "1"
-        capture.offer(f"q{i}", "m", version, [_input(x, raw=i % 7 != 3)], ["probabilities"], [probs], rows)
+        capture.offer(f"q{i}", "m", version, [_input(x, raw=i % 7 != 3)], probs, rows)
         for r in range(rows):
             expected[f"q{i}" if rows == 1 else f"q{i}#{r}"] = (version, x[r].tobytes(), probs[r])
     assert len(capture._pending) == 90 and capture.depth() == len(expected)
@@ -168,14 +165,11 @@ async def test_overflow_drops_the_oldest_requests_and_keeps_the_newest_in_order(
     assert len(group.inputs[0].data) == 10 * 16 and list(group.inputs[0].sizes) == [16] * 10
 
 
-def test_probability_output_picks_the_named_output_else_the_first_2d_float_one() -> None:
-    probs, logits = np.full((2, 3), 1 / 3, np.float32), np.zeros((2, 3), np.float64)
-    ids, scores = np.zeros((2, 3), np.int64), np.zeros((2, 3, 4), np.float32)
-    assert probability_output({"logits": logits, "probabilities": probs}) is probs
-    assert probability_output({"ids": ids, "logits": logits}) is logits
-    assert probability_output({"ids": ids}) is None  # no float output
-    assert probability_output({"probabilities": scores}) is None  # not (rows, classes)
-    assert probability_output({"probabilities": np.zeros((2, 0), np.float32)}) is None  # no class
+def test_probabilities_that_are_not_rows_of_classes_are_not_used() -> None:
+    x = np.ones((1, 2), np.float32)
+    for probs in (np.full((1, 3, 4), 1 / 12, np.float32), np.zeros((1, 0), np.float32)):  # 3-D; no class
+        (group,), _ = build_batch([_queued(1, "r", "1", [_input(x)], probs, 1)], max_record_bytes=1 << 20)
+        assert group.classes == 0 and list(group.predicted_class) == [-1] and group.inputs[0].data == x.tobytes()
 
 
 def test_a_model_without_probabilities_yields_class_minus_one() -> None:
@@ -438,7 +432,7 @@ async def test_stop_with_the_trainer_down_gives_up_in_time_and_counts_the_loss()
     _offer(capture, "lost", np.random.default_rng(0))
     await capture.stop(0.3)
     assert _value(registry, "pseudoserve_capture_dropped_total", reason="shutdown") == 1
-    capture.offer("after", "m", "1", [], [], [])  # after stop: ignored, never raises
+    capture.offer("after", "m", "1", [], None)  # after stop: ignored, never raises
     assert capture.depth() == 0
 
 

@@ -232,7 +232,7 @@ def test_multi_row_multi_input_and_bytes_samples_keep_their_inputs_exactly(tmp_p
     words = np.array([[b"a"], [b"longer"]], dtype=object)
     probs = np.array([[0.9, 0.1], [0.3, 0.7]], dtype=np.float32)
     inputs = [InferInput("x", "FP32", (2, 3), x, x.tobytes()), InferInput("w", "BYTES", (2, 1), words, encode_raw(words))]
-    item = (7, "two", "m", "2", inputs, ["probabilities"], [probs], 2)
+    item = (7, "two", "m", "2", inputs, probs, 2)
     with SampleStore(tmp_path / "s.db") as store:
         assert store.add_captured(build_batch([item], 1 << 20)[0]) == (2, 0)
         ids, X = store.unlabeled_arrays()
