@@ -18,10 +18,8 @@ Guarantees and choices:
   one event loop (the data plane's), so the queue takes no lock (a lock per request cost 0.5 µs);
   `depth()`, read by the metrics thread, only adds plain ints.
   Conversion happens in the background task on the same event loop: requests are sorted into
-  groups (model version, input signature, class count) `CONVERT_CHUNK` at a time, and each chunk
-  first waits for a turn of the loop in which nothing else is ready to run (`_until_idle`, at
-  most `IDLE_TURNS` turns), so the conversion uses the loop's idle moments and requests never
-  wait behind a whole batch (the common request, one
+  groups (model version, input signature, class count) `CONVERT_CHUNK` at a time with a turn of
+  the loop in between, so requests never wait behind a whole batch (the common request, one
   sample with one input given as bytes, is appended to its group without any per-input step);
   then each group becomes one CaptureGroup with numpy-computed columns (probabilities, predicted
   class, confidence, margin) and the inputs' bytes joined per input, never a message per sample.
@@ -72,7 +70,6 @@ from service.tensors import encode_raw
 log = logging.getLogger(__name__)
 
 CONVERT_CHUNK = 32  # queued requests converted between two turns of the event loop
-IDLE_TURNS = 64  # the most turns of the event loop a conversion chunk waits for an idle one
 HANDSHAKE_TIMEOUT_S = 5.0  # how long a new stream waits for the trainer's initial metadata
 _time_ns = time.time_ns
 # queued per request: (timestamp ns, request id, model, version, inputs, probabilities or None, rows)
@@ -291,19 +288,6 @@ def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_by
 def samples_in(batch: collector_pb2.CaptureBatch) -> int:
     """How many samples (records) a CaptureBatch carries."""
     return sum(len(group.request_ids) for group in batch.groups)
-
-
-async def _until_idle(max_turns: int = IDLE_TURNS) -> None:
-    """Yield to the event loop until nothing else is ready to run (its next step would be to wait
-    for I/O), at most `max_turns` turns. At concurrency 8 half of the conversion's chunks find such
-    a turn at once and nearly all within 64 (a live server, docs/benchmarks.md section 2, session
-    10); work done then does not delay a request. Reads asyncio's ready queue (`loop._ready`, an
-    attribute of CPython's asyncio loops since 3.4); on a loop without it, one turn."""
-    ready = getattr(asyncio.get_running_loop(), "_ready", None)
-    for _ in range(max_turns):
-        await asyncio.sleep(0)
-        if not ready:
-            return
 
 
 class _StreamBroken(Exception):
@@ -577,7 +561,8 @@ class Capture:
         try:
             truncated, groups = 0, {}
             for start in range(0, len(items), CONVERT_CHUNK):
-                await _until_idle()
+                if start:
+                    await asyncio.sleep(0)
                 truncated += collect(items[start:start + CONVERT_CHUNK], groups, self._max_record_bytes)
             for group in groups.values():
                 group.write(batch.groups)
