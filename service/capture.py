@@ -11,10 +11,11 @@ Who calls it: the service's server start-up builds `Capture.from_settings(settin
 Guarantees and choices:
 - `offer` is O(1) and never blocks or raises: sampling, the per-model filter, then one tuple of
   references to what the data plane already holds (its InferInputs and the probability output,
-  which the model version knows: `ModelVersion.prob_index`) is appended to the queue; its counters are plain ints read at scrape time. Nothing is
-  looked at, copied or grouped on the request path: in a live server every step there runs with
-  cold caches and costs about three times its hot-loop figure (docs/benchmarks.md, section 2), so
-  all of it happens in the sender, a batch at a time. `offer`, the sender and `stop` all run on
+  which the model version knows: `ModelVersion.prob_index`) is appended to the queue; its
+  counters are plain ints read at scrape time. Nothing is looked at, copied or grouped on the
+  request path: in a live server every step there runs with cold caches and costs about three
+  times its hot-loop figure (docs/benchmarks.md, section 2), so all of it happens in the sender, a
+  batch at a time. `offer`, the sender and `stop` all run on
   one event loop (the data plane's), so the queue takes no lock (a lock per request cost 0.5 µs);
   `depth()`, read by the metrics thread, only adds plain ints.
   Conversion happens in the background task on the same event loop: requests are sorted into
