@@ -20,10 +20,12 @@ Guarantees and choices:
   `depth()`, read by the metrics thread, only adds plain ints.
   Conversion happens in the background task on the same event loop: requests are sorted into
   groups (model version, input signature, class count) `CONVERT_CHUNK` at a time with a turn of
-  the loop in between, so requests never wait behind a whole batch (the common request, one
-  sample with one input given as bytes, is appended to its group without any per-input step);
-  then each group becomes one CaptureGroup with numpy-computed columns (probabilities, predicted
-  class, confidence, margin) and the inputs' bytes joined per input, never a message per sample.
+  the loop in between, so requests never wait behind a whole batch. A chunk made only of the
+  common request (one sample, one input given as bytes, one probability row) of one model version
+  and signature, as steady traffic is, joins its group in one step of C-level passes
+  (`_collect_uniform`); any other chunk goes request by request. Then each group becomes one
+  CaptureGroup with numpy-computed columns (probabilities, predicted class, confidence, margin)
+  and the inputs' bytes joined per input, never a message per sample.
 - The bound (`queue_size` records) covers queued records, those being converted *and*
   sent-but-unacknowledged ones.
   When it is exceeded the oldest queued (not yet sent) requests are dropped whole, their records
@@ -49,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import operator
 import random
 import socket
 import struct
@@ -75,6 +78,14 @@ HANDSHAKE_TIMEOUT_S = 5.0  # how long a new stream waits for the trainer's initi
 _time_ns = time.time_ns
 # queued per request: (timestamp ns, request id, model, version, inputs, probabilities or None, rows)
 _Queued = tuple[int, str, str, str, Sequence[InferInput], np.ndarray | None, int]
+_FLOAT32 = {np.dtype(np.float32)}
+_dtype_of = operator.attrgetter("dtype")
+_shape_of = operator.attrgetter("shape")
+_raw_of = operator.attrgetter("raw")
+_signature_of = operator.attrgetter("name", "datatype", "shape")
+_first = operator.itemgetter(0)
+_rows_of = operator.itemgetter(6)
+_NDARRAY = {np.ndarray}
 
 
 class _CapturedCollector:
@@ -225,20 +236,35 @@ class _Group:
         n = len(self.ids)
         stats: dict[str, Any] = {"predicted_class": [-1] * n}
         if self.classes:
-            P = as_distribution(np.concatenate(self.probabilities) if len(self.probabilities) > 1
-                                else self.probabilities[0])
-            rows = np.arange(n)
-            order = np.argsort(P, axis=1)
-            top1 = P[rows, order[:, -1]]
-            top2 = P[rows, order[:, -2]] if self.classes > 1 else np.zeros_like(top1)
+            P = as_distribution(_stack_rows(self.probabilities, n, self.classes))
+            predicted = P.argmax(axis=1)
+            top1 = P[np.arange(n), predicted]
+            if self.classes > 1:  # the second highest: the top-2 of each row's partition
+                top2 = np.partition(P, -2, axis=1)[:, -2]
+            else:
+                top2 = np.zeros_like(top1)
             stats = {"probabilities": np.ascontiguousarray(P, dtype="<f4").tobytes(),
-                     "predicted_class": order[:, -1].tolist(),
+                     "predicted_class": predicted.tolist(),
                      "confidence": top1.tolist(), "margin": (top1 - top2).tolist()}
         inputs = [collector_pb2.InputColumn(name=name, datatype=datatype, shape=shape, data=b"".join(column),
-                                            sizes=[len(chunk) for chunk in column])
+                                            sizes=list(map(len, column)))
                   for (name, datatype, shape), column in zip(self.signature, self.columns)]
         out.add(model_name=self.model_name, model_version=self.model_version, classes=self.classes,
                 request_ids=self.ids, timestamp_ns=self.timestamps, truncated=self.truncated, inputs=inputs, **stats)
+
+
+def _stack_rows(blocks: list[np.ndarray], n: int, classes: int) -> np.ndarray:
+    """The (n, classes) probabilities of a group from its blocks of rows: when all are float32,
+    their bytes joined (one copy, no numpy call per block; a block that is not C-contiguous has no
+    such bytes), else concatenated."""
+    if len(blocks) == 1:
+        return blocks[0]
+    if set(map(_dtype_of, blocks)) == _FLOAT32:
+        try:
+            return np.frombuffer(b"".join(blocks), dtype=np.float32).reshape(n, classes)
+        except (BufferError, TypeError):
+            pass
+    return np.concatenate(blocks)
 
 
 def build_batch(items: Sequence[_Queued], max_record_bytes: int, out: Any = None) -> tuple[Any, int]:
@@ -257,6 +283,14 @@ def build_batch(items: Sequence[_Queued], max_record_bytes: int, out: Any = None
 def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_bytes: int) -> int:
     """Add offered requests to the groups being built (keyed by model version, class count and
     input signature); returns how many samples were truncated."""
+    if _collect_uniform(items, groups, max_record_bytes):
+        return 0
+    return _collect_each(items, groups, max_record_bytes)
+
+
+def _collect_each(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_bytes: int) -> int:
+    """`collect`, request by request: any mix of models, versions, signatures, batch sizes and
+    probability outputs."""
     truncated = 0
     for timestamp_ns, request_id, model_name, model_version, inputs, probs, rows in items:
         if probs is not None and (probs.ndim not in (1, 2) or probs.shape[-1] == 0):
@@ -284,6 +318,49 @@ def collect(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_by
         truncated += group.add(request_id, timestamp_ns, rows, columns,
                                probs.reshape(-1, classes) if probs is not None else None, max_record_bytes)
     return truncated
+
+
+def _collect_uniform(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_bytes: int) -> bool:
+    """Add `items` to their group in one step when every one is the common request of the same
+    model version and input signature (one sample, one input given as bytes within the cap, one
+    (1, classes) probability row), as steady traffic to one model is; returns False, having added
+    nothing, otherwise. Every check and copy is a C-level pass over the items (`zip`, `map`,
+    `set`), none a Python step per item."""
+    if not items:
+        return True
+    stamps, ids, models, versions, inputs, probs, rows = zip(*items)
+    n = len(ids)
+    model, version = models[0], versions[0]
+    if rows.count(1) != n or models.count(model) != n or versions.count(version) != n:
+        return False
+    if set(map(len, inputs)) != {1}:
+        return False
+    tensors = list(map(_first, inputs))
+    signatures = set(map(_signature_of, tensors))
+    if len(signatures) != 1:
+        return False
+    ((name, datatype, shape),) = signatures
+    raws = list(map(_raw_of, tensors))
+    if datatype == "BYTES" or None in raws or set(map(type, probs)) != _NDARRAY:
+        return False
+    shapes = set(map(_shape_of, probs))
+    if len(shapes) != 1:
+        return False
+    (prob_shape,) = shapes
+    if len(prob_shape) != 2 or prob_shape[0] != 1 or prob_shape[1] == 0:
+        return False
+    classes = prob_shape[1]
+    if max(map(len, raws)) + 4 * classes > max_record_bytes:
+        return False
+    key = (model, version, classes, name, datatype, shape)  # the key the per-item path uses
+    group = groups.get(key)
+    if group is None:
+        group = groups[key] = _Group(model, version, ((name, datatype, tuple(shape)),), classes)
+    group.ids.extend(ids)
+    group.timestamps.extend(stamps)
+    group.columns[0].extend(raws)
+    group.probabilities.extend(probs)
+    return True
 
 
 def samples_in(batch: collector_pb2.CaptureBatch) -> int:
@@ -548,12 +625,17 @@ class Capture:
         young = (_time_ns() - self._pending[0][0]) < self._flush_interval * 1e9
         if self._pending_records < self._batch_size and young and not self._stopping:
             return None
-        items, count = [], 0
         pending = self._pending
-        while pending and count < self._batch_size:
-            item = pending.popleft()
-            items.append(item)
-            count += item[6]
+        if self._pending_records == len(pending):  # requests of one record each (the usual case)
+            popleft = pending.popleft
+            items = [popleft() for _ in range(min(len(pending), self._batch_size))]
+            count = sum(map(_rows_of, items))
+        else:
+            items, count = [], 0
+            while pending and count < self._batch_size:
+                item = pending.popleft()
+                items.append(item)
+                count += item[6]
         self._pending_records -= count
         self._converting_records = count
         batch_id = self._next_batch_id

@@ -24,7 +24,8 @@ Rows: a captured sample is stored as the bytes of its inputs exactly as received
 raw bytes one after another), a JSON spec of those inputs (`[[name, datatype, shape, nbytes],
 ...]`, one string shared by the samples of a capture group), its served probabilities as float32
 bytes and the scalar columns queries need. The collector's hot path only slices the columns of a
-CaptureGroup (no message per sample); features and probabilities are decoded when read. X rows:
+CaptureGroup (no message per sample; for samples of equal sizes, no Python step per sample either)
+and binds them to multi-row INSERTs; features and probabilities are decoded when read. X rows:
 the first input tensor, decoded with `service.tensors.decode_raw`, cast to float32, with its
 leading batch dimension (of 1) removed. Arrays returned are stacked rows of one per-sample shape;
 rows of another shape (a model whose input changed) are left out with a warning.
@@ -41,6 +42,7 @@ import hashlib
 import itertools
 import json
 import logging
+import operator
 import sqlite3
 import struct
 import threading
@@ -297,9 +299,17 @@ def _insert_captured(n: int) -> str:
             f"inputs, input_spec, probabilities, predicted_class, confidence, margin, truncated, nbytes) VALUES {values}")
 
 
-def _group_rows(group: collector_pb2.CaptureGroup, field: str, now: int) -> list[tuple]:
-    """The samples rows of one CaptureGroup (the collector's hot path: slicing only). A group whose
-    columns disagree raises InvalidSampleError naming `field` and the column; nothing is stored."""
+_first = operator.itemgetter(0)
+_COLUMNS = 13  # values per captured row in `_insert_captured`, in its column order
+
+
+def _group_values(group: collector_pb2.CaptureGroup, field: str, now: int) -> tuple[list, int]:
+    """The INSERT parameters of one CaptureGroup's rows, row after row (`_COLUMNS` values each),
+    and their payload bytes. The collector's hot path: every column is built as a whole (slices of
+    the group's joined bytes, repeated constants) and interleaved by extended-slice assignment, so
+    no Python step runs per sample when the samples have equal sizes (fixed-shape inputs, none
+    truncated). A group whose columns disagree raises InvalidSampleError naming `field` and the
+    column; nothing is stored."""
     n = len(group.request_ids)
     for column, values in (("timestamp_ns", group.timestamp_ns), ("predicted_class", group.predicted_class)):
         if len(values) != n:
@@ -312,8 +322,8 @@ def _group_rows(group: collector_pb2.CaptureGroup, field: str, now: int) -> list
         if len(group.probabilities) != 4 * width * n:
             raise InvalidSampleError(f"{field}.probabilities has {len(group.probabilities)} bytes; expected "
                                      f"{4 * width * n} ({n} samples x {width} classes x 4)")
-        probabilities = [group.probabilities[i * 4 * width:(i + 1) * 4 * width] for i in range(n)]
-        confidence, margin = group.confidence, group.margin
+        probabilities = _split(group.probabilities, 4 * width, n)
+        confidence, margin = list(group.confidence), list(group.margin)
     else:
         probabilities = confidence = margin = [None] * n
     truncated = [0] * n
@@ -321,11 +331,48 @@ def _group_rows(group: collector_pb2.CaptureGroup, field: str, now: int) -> list
         if index >= n:
             raise InvalidSampleError(f"{field}.truncated names sample {index} of {n}")
         truncated[index] = 1
-    columns, sizes = [], []
     for j, column in enumerate(group.inputs):
         if len(column.sizes) != n or sum(column.sizes) != len(column.data):
             raise InvalidSampleError(f"{field}.inputs[{j}].sizes: {len(column.sizes)} sizes summing to "
                                      f"{sum(column.sizes)} for {n} samples and {len(column.data)} bytes")
+    head = [(c.name, c.datatype, list(c.shape)) for c in group.inputs]
+    uniform = [sizes[0] for sizes in (list(c.sizes) for c in group.inputs) if n and sizes.count(sizes[0]) == n]
+    if len(uniform) == len(group.inputs) and not group.truncated and (not n or uniform and 0 not in uniform):
+        # every sample has the same byte count per input (none truncated): one blob and spec for all
+        blob_size = sum(uniform)
+        if len(group.inputs) == 1:
+            inputs = _split(group.inputs[0].data, blob_size, n)
+        else:
+            inputs = [b"".join(parts) for parts in zip(*(_split(c.data, size, n)
+                                                           for c, size in zip(group.inputs, uniform)))]
+        specs = [json.dumps([[*h, size] for h, size in zip(head, uniform)])] * n
+        nbytes = [blob_size + 4 * width] * n
+    else:
+        inputs, specs, nbytes = _mixed_inputs(group, head, truncated, n, width)
+    timestamps = list(group.timestamp_ns)
+    if 0 in timestamps:
+        timestamps = [timestamp or now for timestamp in timestamps]
+    values: list = [None] * (_COLUMNS * n)
+    for position, column in enumerate((list(group.request_ids), [group.model_name] * n, [group.model_version] * n,
+                                       timestamps, [now] * n, inputs, specs, probabilities,
+                                       list(group.predicted_class), confidence, margin, truncated, nbytes)):
+        values[position::_COLUMNS] = column
+    return values, sum(nbytes)
+
+
+def _split(data: bytes, size: int, n: int) -> list[bytes]:
+    """`data` cut into `n` pieces of `size` bytes (`size` * `n` == len(data)), in one C-level pass."""
+    if not size:
+        return [b""] * n
+    return list(map(_first, struct.iter_unpack(f"{size}s", data)))
+
+
+def _mixed_inputs(group: collector_pb2.CaptureGroup, head: list, truncated: list[int], n: int,
+                  width: int) -> tuple[list, list, list[int]]:
+    """(blob, spec, payload bytes) per sample of a group whose samples differ in size (truncated
+    samples, BYTES inputs): the samples cut one by one; a truncated sample has no blob or spec."""
+    columns, sizes = [], []
+    for column in group.inputs:
         ends = list(itertools.accumulate(column.sizes))
         data = column.data
         columns.append([data[end - size:end] for end, size in zip(ends, column.sizes)])
@@ -334,20 +381,20 @@ def _group_rows(group: collector_pb2.CaptureGroup, field: str, now: int) -> list
         inputs = columns[0]
     else:
         inputs = [b"".join(parts) for parts in zip(*columns)] if columns else [b""] * n
-    head = [(c.name, c.datatype, list(c.shape)) for c in group.inputs]
-    specs: dict[tuple, str] = {}
-    spec_of = []
+    specs_by_sizes: dict[tuple, str] = {}
+    specs = []
     for per_sample in zip(*sizes) if sizes else [()] * n:
-        spec = specs.get(per_sample)
+        spec = specs_by_sizes.get(per_sample)
         if spec is None:
-            spec = specs[per_sample] = json.dumps([[*h, size] for h, size in zip(head, per_sample)])
-        spec_of.append(spec)
-    model, version = group.model_name, group.model_version
-    return [(request_id, model, version, timestamp or now, now, None if cut else blob, None if cut else spec, probs,
-             predicted, conf, mar, cut, (0 if cut else len(blob)) + (len(probs) if probs else 0))
-            for request_id, timestamp, blob, spec, probs, predicted, conf, mar, cut
-            in zip(group.request_ids, group.timestamp_ns, inputs, spec_of, probabilities, group.predicted_class,
-                   confidence, margin, truncated)]
+            spec = specs_by_sizes[per_sample] = json.dumps([[*h, size] for h, size in zip(head, per_sample)])
+        specs.append(spec)
+    probability_bytes = 4 * width
+    blobs, kept_specs, nbytes = [], [], []
+    for blob, spec, cut in zip(inputs, specs, truncated):
+        blobs.append(None if cut else blob)
+        kept_specs.append(None if cut else spec)
+        nbytes.append((0 if cut else len(blob)) + probability_bytes)
+    return blobs, kept_specs, nbytes
 
 
 class SampleStore:
@@ -417,7 +464,13 @@ class SampleStore:
         resent batch) or repeated within the batch. A malformed group raises InvalidSampleError
         and nothing of the batch is stored."""
         now = time.time_ns()
-        rows = [row for i, group in enumerate(groups) for row in _group_rows(group, f"groups[{i}]", now)]
+        values: list = []
+        payload = 0
+        for i, group in enumerate(groups):
+            group_values, group_bytes = _group_values(group, f"groups[{i}]", now)
+            values += group_values
+            payload += group_bytes
+        rows = len(values) // _COLUMNS
         with self._lock:
             try:
                 with self._transaction():
@@ -425,12 +478,12 @@ class SampleStore:
                     # into ignored inserts; new rows get ids above the current maximum
                     last_id = self._con.execute("SELECT COALESCE(MAX(id), 0) FROM samples").fetchone()[0]
                     stored = 0
-                    for start in range(0, len(rows), _INSERT_CHUNK):  # one statement per chunk of rows
-                        chunk = rows[start:start + _INSERT_CHUNK]
-                        stored += self._con.execute(_insert_captured(len(chunk)),
-                                                    [value for row in chunk for value in row]).rowcount
-                    if stored == len(rows):
-                        nbytes = sum(r[-1] for r in rows)
+                    step = _INSERT_CHUNK * _COLUMNS
+                    for start in range(0, len(values), step):  # one statement per chunk of rows
+                        chunk = values[start:start + step]
+                        stored += self._con.execute(_insert_captured(len(chunk) // _COLUMNS), chunk).rowcount
+                    if stored == rows:
+                        nbytes = payload
                     else:
                         nbytes = self._con.execute("SELECT COALESCE(SUM(nbytes), 0) FROM samples WHERE id > ?",
                                                    (last_id,)).fetchone()[0]
@@ -441,7 +494,7 @@ class SampleStore:
                 self._recount()  # the transaction rolled back: the in-memory counts must follow
                 raise
             counts = dict(self._counts)
-        duplicates = len(rows) - stored
+        duplicates = rows - stored
         self._metrics.stored.inc(stored)
         self._metrics.duplicates.inc(duplicates)
         for reason, n in evicted.items():

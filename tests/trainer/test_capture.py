@@ -150,6 +150,85 @@ async def test_common_and_other_requests_interleaved_reach_the_batches_as_offere
     assert capture.depth() == 0
 
 
+def _common(i: int, version: str = "1", features: int = 4, classes: int = 3) -> tuple:
+    """A queued common request: one sample, one raw FP32 input, one float32 probability row."""
+    x = np.full((1, features), i, dtype=np.float32)
+    probs = np.full((1, classes), 1 / classes, dtype=np.float32)
+    probs[0, i % classes] += 0.5
+    return _queued(1000 + i, f"c{i}", version, [_input(x)], probs / probs.sum(), 1)
+
+
+def _written(collect_fn, items: list[tuple]) -> bytes:
+    """The CaptureGroups that `collect_fn` makes of `items`, serialized."""
+    groups: dict = {}
+    collect_fn(items, groups, 1 << 20)
+    batch = collector_pb2.CaptureBatch()
+    for group in groups.values():
+        group.write(batch.groups)
+    return batch.SerializeToString()
+
+
+def test_a_chunk_of_uniform_common_requests_is_grouped_in_one_step_exactly_as_request_by_request() -> None:
+    items = [_common(i) for i in range(40)]
+    assert capture_module._collect_uniform(items, {}, 1 << 20)
+    assert _written(capture_module.collect, items) == _written(capture_module._collect_each, items)
+    groups: dict = {}  # a chunk added to a group the per-request path began
+    capture_module._collect_each(items[:5], groups, 1 << 20)
+    assert capture_module._collect_uniform(items[5:], groups, 1 << 20)
+    (group,) = groups.values()
+    assert group.ids == [f"c{i}" for i in range(40)] and group.timestamps == [1000 + i for i in range(40)]
+
+
+@pytest.mark.parametrize("odd", [
+    _queued(1, "two-rows", "1", [_input(np.ones((2, 4), np.float32))], np.full((2, 3), 1 / 3, np.float32), 2),
+    _queued(1, "other-version", "2", [_input(np.ones((1, 4), np.float32))], np.full((1, 3), 1 / 3, np.float32), 1),
+    _queued(1, "typed", "1", [_input(np.ones((1, 4), np.float32), raw=False)], np.full((1, 3), 1 / 3, np.float32), 1),
+    _queued(1, "other-shape", "1", [_input(np.ones((1, 5), np.float32))], np.full((1, 3), 1 / 3, np.float32), 1),
+    _queued(1, "two-inputs", "1", [_input(np.ones((1, 4), np.float32)), _input(np.ones((1, 4), np.float32), name="b")],
+            np.full((1, 3), 1 / 3, np.float32), 1),
+    _queued(1, "no-probabilities", "1", [_input(np.ones((1, 4), np.float32))], None, 1),
+    _queued(1, "1-d", "1", [_input(np.ones((1, 4), np.float32))], np.full(3, 1 / 3, np.float32), 1),
+    _queued(1, "other-classes", "1", [_input(np.ones((1, 4), np.float32))], np.full((1, 4), 1 / 4, np.float32), 1),
+    _queued(1, "over-cap", "1", [_input(np.ones((1, 400), np.float32))], np.full((1, 3), 1 / 3, np.float32), 1),
+], ids=lambda item: item[1])
+def test_a_chunk_with_any_other_request_is_grouped_request_by_request(odd: tuple) -> None:
+    items = [_common(i) for i in range(6)]
+    items.insert(3, odd)
+    groups: dict = {}
+    assert not capture_module._collect_uniform(items, groups, 1024) and groups == {}
+    assert _written(capture_module.collect, items) == _written(capture_module._collect_each, items)
+
+
+def test_probability_blocks_are_stacked_whatever_their_type_and_layout() -> None:
+    rng = np.random.default_rng(8)
+    blocks = [rng.dirichlet(np.ones(4), size=k).astype(np.float32) for k in (1, 2, 1)]
+    stacked = capture_module._stack_rows(blocks, 4, 4)
+    assert stacked.dtype == np.float32 and np.array_equal(stacked, np.concatenate(blocks))
+    mixed = [blocks[0], blocks[1].astype(np.float64), blocks[2]]  # float64: concatenated, upcast
+    assert np.array_equal(capture_module._stack_rows(mixed, 4, 4), np.concatenate(mixed))
+    wide = rng.random((2, 8), dtype=np.float32)
+    strided = [blocks[0], wide[:, ::2], blocks[2]]  # a view without contiguous bytes
+    assert np.array_equal(capture_module._stack_rows(strided, 4, 4), np.concatenate(strided))
+
+
+async def test_requests_of_one_record_are_taken_in_one_step_and_the_rest_stays_queued_in_order() -> None:
+    capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), batch_size=16, queue_size=1000)
+    rng = np.random.default_rng(9)
+    for i in range(40):
+        _offer(capture, f"r{i}", rng)
+    capture._stopping = True
+    ids = []
+    while (batch := await capture._take_batch()) is not None:
+        ids.append([request_id for group in batch.groups for request_id in group.request_ids])
+        capture._unacked.clear()  # as if acknowledged
+        capture._unacked_records = 0
+        if len(ids) == 1:
+            _offer(capture, "late1", rng)  # offered between two batches
+    assert ids == [[f"r{i}" for i in range(16)], [f"r{i}" for i in range(16, 32)],
+                   [f"r{i}" for i in range(32, 40)] + ["late1"]]
+    assert capture.depth() == 0
+
+
 async def test_overflow_drops_the_oldest_requests_and_keeps_the_newest_in_order() -> None:
     registry = CollectorRegistry()
     capture = Capture(f"127.0.0.1:{free_port()}", registry=registry, batch_size=10, queue_size=10)

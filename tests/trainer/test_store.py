@@ -383,3 +383,33 @@ def test_schema_1_store_with_an_unreadable_record_is_refused_and_left_as_it_was(
     assert con.execute("PRAGMA user_version").fetchone()[0] == 1
     assert con.execute("SELECT * FROM samples ORDER BY id").fetchall() == before
     con.close()
+
+
+def test_samples_of_equal_sizes_are_stored_as_the_sample_by_sample_path_stores_them(tmp_path: Path) -> None:
+    """A group whose samples all have the same byte counts (fixed shapes, none truncated) is cut
+    in one pass per column; its rows must be those of the general path, which cuts sample by sample."""
+    from service.capture import build_batch
+    from service.domain import InferInput
+    from trainer import store as store_module
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    z = np.arange(6, dtype=np.int64).reshape(3, 2)
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]], dtype=np.float32)
+    two_inputs = (7, "two", "m", "2", [InferInput("x", "FP32", (3, 4), x, x.tobytes()),
+                                      InferInput("z", "INT64", (3, 2), z, z.tobytes())], probs, 3)
+    (multi,) = build_batch([two_inputs], 1 << 20)[0]
+    (single,) = groups(random_records(5))
+    for group in (multi, single):
+        n, columns = len(group.request_ids), store_module._COLUMNS
+        values, payload = store_module._group_values(group, "g", now=1)
+        head = [(c.name, c.datatype, list(c.shape)) for c in group.inputs]
+        blobs, specs, nbytes = store_module._mixed_inputs(group, head, [0] * n, n, group.classes)
+        assert values[5::columns] == blobs and values[6::columns] == specs and values[12::columns] == nbytes
+        assert payload == sum(nbytes) and values[0::columns] == list(group.request_ids)
+        if group is multi:  # a sample's blob is its inputs' bytes one after the other
+            assert values[columns + 5] == x[1].tobytes() + z[1].tobytes()
+    with SampleStore(tmp_path / "s.db") as store:
+        assert store.add_captured([multi]) == (3, 0)
+        sample = store.samples_by_id([2])[0]
+        assert sample.request_id == "two#1" and [t.data for t in sample.inputs] == [x[1].tobytes(), z[1].tobytes()]
+
