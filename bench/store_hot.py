@@ -51,13 +51,13 @@ def batches(count: int, size: int) -> list[collector_pb2.CaptureBatch]:
 
 def measure(count: int, size: int) -> dict[str, float]:
     todo = batches(count, size)
-    with tempfile.TemporaryDirectory(prefix="pseudoserve-store-hot-") as tmp:
-        with SampleStore(Path(tmp) / "store.db") as store:
-            cpu, wall = time.thread_time(), time.perf_counter()
-            for batch in todo:
-                stored, _ = store.add_captured(batch.groups)
-                assert stored == size, stored
-            cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    with tempfile.TemporaryDirectory(prefix="pseudoserve-store-hot-") as tmp, \
+            SampleStore(Path(tmp) / "store.db") as store:
+        cpu, wall = time.thread_time(), time.perf_counter()
+        for batch in todo:
+            stored, _ = store.add_captured(batch.groups)
+            assert stored == size, stored
+        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
     records = count * size
     return {"cpu": cpu / records * 1e6, "wall": wall / records * 1e6}
 
