@@ -18,23 +18,29 @@ Guarantees and choices:
   batch at a time. `offer`, the sender and `stop` all run on
   one event loop (the data plane's), so the queue takes no lock (a lock per request cost 0.5 µs);
   `depth()`, read by the metrics thread, only adds plain ints.
-  Conversion happens in the background task on the same event loop: requests are sorted into
-  groups (model version, input signature, class count) `CONVERT_CHUNK` at a time with a turn of
-  the loop in between, so requests never wait behind a whole batch. A chunk made only of the
+  Conversion happens in the background task on the same event loop: every `CONVERT_INTERVAL`
+  (0.2 s) it takes what was queued in one burst, `CONVERT_CHUNK` requests at a time with a turn of
+  the loop in between, so requests never wait behind a whole burst. A chunk made only of the
   common request (one sample, one input given as bytes, one probability row) of one model version
   and signature, as steady traffic is, joins its group in one step of C-level passes
-  (`_collect_uniform`); any other chunk goes request by request. Then each group becomes one
-  CaptureGroup with numpy-computed columns (probabilities, predicted class, confidence, margin)
-  and the inputs' bytes joined per input, never a message per sample.
-- The bound (`queue_size` records) covers queued records, those being converted *and*
+  (`_collect_uniform`); any other chunk goes request by request. Each chunk is compacted at once
+  (inputs' bytes joined, probabilities stacked), so nothing of a served request is held after its
+  burst. The groups being built become one CaptureBatch when they hold `batch_size` records (1,024)
+  or the oldest of them is `flush_interval` (1 s) old: the trainer's cost is partly per batch (a
+  transaction, an fsync, an acknowledgement), and bursts keep the serving loop's caches warm (a
+  conversion every 20 ms cost the serving process more; docs/benchmarks.md section 2, session 11).
+  Each group becomes one CaptureGroup with numpy-computed columns (probabilities, predicted class,
+  confidence, margin) and the inputs' bytes joined per input, never a message per sample.
+- The bound (`queue_size` records) covers queued records, those being built into a batch *and*
   sent-but-unacknowledged ones.
-  When it is exceeded the oldest queued (not yet sent) requests are dropped whole, their records
+  When it is exceeded the oldest queued (not yet converted) requests are dropped whole, their records
   counted as `pseudoserve_capture_dropped_total{reason="queue_full"}`; unacknowledged batches are kept for
   resending (at most `max_in_flight` batches are in flight), so memory stays bounded however long
   the trainer is down, slow or restarting, and clients never notice.
 - A record whose inputs exceed `max_record_bytes` is still sent with its prediction metadata but
   without inputs (its index is in the group's `truncated`), counted as
-  `dropped_total{reason="too_large"}` (its inputs were dropped). Records never acknowledged before `stop` gives up are counted `shutdown`.
+  `dropped_total{reason="too_large"}` (its inputs were dropped). Records never acknowledged before
+  `stop` gives up are counted `shutdown`.
 - Reconnects use exponential backoff with full jitter (`uniform(0, min(max, initial * 2**n))`),
   reset after the first acknowledgement of a stream; unacknowledged batches are resent first,
   with their original batch ids; the trainer deduplicates by request id.
@@ -74,6 +80,7 @@ from service.tensors import encode_raw
 log = logging.getLogger(__name__)
 
 CONVERT_CHUNK = 32  # queued requests converted between two turns of the event loop
+CONVERT_INTERVAL = 0.2  # seconds between two bursts of conversion of what was queued (at most)
 HANDSHAKE_TIMEOUT_S = 5.0  # how long a new stream waits for the trainer's initial metadata
 _time_ns = time.time_ns
 # queued per request: (timestamp ns, request id, model, version, inputs, probabilities or None, rows)
@@ -183,16 +190,23 @@ def _row_chunks(inputs: Sequence[InferInput], rows: int,
 
 
 class _Group:
-    """The samples of one CaptureGroup while a batch is being built."""
+    """The samples of one CaptureGroup while a batch is being built: those just added, per sample
+    (`columns`, `probabilities`: references to what the data plane held), and those already
+    compacted into joined bytes and arrays (`joined`, `sizes`, `blocks`), which hold nothing of
+    the requests any more."""
 
     __slots__ = (
+        "blocks",
         "classes",
         "columns",
+        "compacted",
         "ids",
+        "joined",
         "model_name",
         "model_version",
         "probabilities",
         "signature",
+        "sizes",
         "timestamps",
         "truncated",
     )
@@ -201,9 +215,13 @@ class _Group:
         self.model_name, self.model_version, self.signature, self.classes = model_name, model_version, signature, classes
         self.ids: list[str] = []
         self.timestamps: list[int] = []
-        self.columns: list[list[bytes]] = [[] for _ in signature]  # per input: each sample's bytes
-        self.probabilities: list[np.ndarray] = []
+        self.columns: list[list[bytes]] = [[] for _ in signature]  # per input: each new sample's bytes
+        self.probabilities: list[np.ndarray] = []  # the new samples' (rows, classes) blocks
         self.truncated: list[int] = []
+        self.compacted = 0  # samples in joined/sizes/blocks
+        self.joined: list[list[bytes]] = [[] for _ in signature]  # per input: compacted samples' bytes, joined
+        self.sizes: list[list[int]] = [[] for _ in signature]  # per input: compacted samples' byte counts
+        self.blocks: list[np.ndarray] = []  # compacted samples' probabilities, stacked
 
     def add_sample(self, request_id: str, timestamp_ns: int, data: bytes, probabilities: np.ndarray) -> None:
         """Append one sample of a one-input group whose bytes are within the cap and whose
@@ -231,12 +249,41 @@ class _Group:
             mine.extend(column)
         return len(cut)
 
+    def compact(self) -> None:
+        """Join the new samples' bytes and stack their probabilities, dropping every reference to
+        the requests they came from (so their memory is reused at once, hot in the cache)."""
+        new = len(self.ids) - self.compacted
+        if not new:
+            return
+        for joined, sizes, column in zip(self.joined, self.sizes, self.columns):
+            joined.append(b"".join(column))
+            sizes.extend(map(len, column))
+            column.clear()
+        if self.classes:
+            self.blocks.append(_stack_rows(self.probabilities, new, self.classes))
+            self.probabilities = []
+        self.compacted = len(self.ids)
+
+    def absorb(self, other: _Group) -> None:
+        """Append the samples of `other`, a compacted group of the same key."""
+        offset = len(self.ids)
+        self.ids += other.ids
+        self.timestamps += other.timestamps
+        self.truncated += [offset + i for i in other.truncated]
+        for mine, theirs in zip(self.joined, other.joined):
+            mine += theirs
+        for mine, theirs in zip(self.sizes, other.sizes):
+            mine += theirs
+        self.blocks += other.blocks
+        self.compacted = len(self.ids)
+
     def write(self, out: Any) -> None:
         """Append this group as a CaptureGroup to the repeated field `out` (all or nothing)."""
+        self.compact()
         n = len(self.ids)
         stats: dict[str, Any] = {"predicted_class": [-1] * n}
         if self.classes:
-            P = as_distribution(_stack_rows(self.probabilities, n, self.classes))
+            P = as_distribution(_stack_rows(self.blocks, n, self.classes))
             predicted = P.argmax(axis=1)
             top1 = P[np.arange(n), predicted]
             if self.classes > 1:  # the second highest: the top-2 of each row's partition
@@ -246,19 +293,17 @@ class _Group:
             stats = {"probabilities": np.ascontiguousarray(P, dtype="<f4").tobytes(),
                      "predicted_class": predicted.tolist(),
                      "confidence": top1.tolist(), "margin": (top1 - top2).tolist()}
-        inputs = [collector_pb2.InputColumn(name=name, datatype=datatype, shape=shape, data=b"".join(column),
-                                            sizes=list(map(len, column)))
-                  for (name, datatype, shape), column in zip(self.signature, self.columns)]
+        inputs = [collector_pb2.InputColumn(name=name, datatype=datatype, shape=shape, data=b"".join(joined),
+                                            sizes=sizes)
+                  for (name, datatype, shape), joined, sizes in zip(self.signature, self.joined, self.sizes)]
         out.add(model_name=self.model_name, model_version=self.model_version, classes=self.classes,
                 request_ids=self.ids, timestamp_ns=self.timestamps, truncated=self.truncated, inputs=inputs, **stats)
 
 
 def _stack_rows(blocks: list[np.ndarray], n: int, classes: int) -> np.ndarray:
-    """The (n, classes) probabilities of a group from its blocks of rows: when all are float32,
-    their bytes joined (one copy, no numpy call per block; a block that is not C-contiguous has no
-    such bytes), else concatenated."""
-    if len(blocks) == 1:
-        return blocks[0]
+    """The (n, classes) probabilities of a group from its blocks of rows, always a new array:
+    when all are float32, their bytes joined (one copy, no numpy call per block; a block that is
+    not C-contiguous has no such bytes), else concatenated."""
     if set(map(_dtype_of, blocks)) == _FLOAT32:
         try:
             return np.frombuffer(b"".join(blocks), dtype=np.float32).reshape(n, classes)
@@ -384,8 +429,8 @@ class Capture:
 
     def __init__(self, address: str, *, registry: CollectorRegistry, sampling: float = 1.0,
                  models: Collection[str] = (), max_record_bytes: int = 1_048_576, queue_size: int = 10_000,
-                 batch_size: int = 256, token: str | None = None, tls_ca_file: Path | None = None,
-                 flush_interval: float = 0.2, backoff_initial: float = 0.05, backoff_max: float = 5.0,
+                 batch_size: int = 1024, token: str | None = None, tls_ca_file: Path | None = None,
+                 flush_interval: float = 1.0, backoff_initial: float = 0.05, backoff_max: float = 5.0,
                  max_in_flight: int = 4, sender: str | None = None, rng: random.Random | None = None) -> None:
         if not 0.0 < sampling <= 1.0:
             raise ValueError(f"capture_sampling must be in (0, 1], got {sampling}")
@@ -399,6 +444,7 @@ class Capture:
         self._token = token
         self._tls_ca_file = tls_ca_file
         self._flush_interval = flush_interval
+        self._tick = min(CONVERT_INTERVAL, flush_interval)  # the sender converts what is queued this often
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self.sender = sender or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
@@ -408,7 +454,9 @@ class Capture:
         self._pending_records = 0
         self._unacked: OrderedDict[int, tuple[collector_pb2.CaptureBatch, int]] = OrderedDict()  # id -> (batch, samples)
         self._unacked_records = 0
-        self._converting_records = 0  # taken from the queue, not yet a batch (conversion yields)
+        self._building: dict[tuple, _Group] = {}  # records taken from the queue, compacted, not yet a batch
+        self._building_records = 0
+        self._building_since: int | None = None  # when the oldest of them was served (ns)
         self._next_batch_id = 1
         self._closed = False
         self._stopping = False
@@ -427,6 +475,7 @@ class Capture:
         return cls(settings.trainer_address, registry=registry, sampling=settings.capture_sampling,
                    models=settings.capture_models, max_record_bytes=settings.capture_max_record_bytes,
                    queue_size=settings.capture_queue_size, batch_size=settings.capture_batch_size,
+                   flush_interval=settings.capture_flush_interval,
                    token=token, tls_ca_file=settings.trainer_tls_ca_file)
 
     # -- the hot path ----------------------------------------------------------------------------
@@ -446,7 +495,7 @@ class Capture:
             self._pending_records += rows
             captured = self._captured
             captured[model_name] = captured.get(model_name, 0) + rows
-            if self._pending_records + self._unacked_records + self._converting_records > self._capacity:
+            if self._pending_records + self._unacked_records + self._building_records > self._capacity:
                 self._drop_oldest()
         except Exception:
             if not self._warned:
@@ -458,7 +507,7 @@ class Capture:
         dropped = 0
         pending = self._pending
         while pending and (self._pending_records - dropped + self._unacked_records
-                           + self._converting_records > self._capacity):
+                           + self._building_records > self._capacity):
             dropped += pending.popleft()[6]
         self._pending_records -= dropped
         if dropped:
@@ -484,10 +533,12 @@ class Capture:
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
-        lost = self._pending_records + self._unacked_records + self._converting_records
+        lost = self._pending_records + self._unacked_records + self._building_records
         self._pending.clear()
         self._unacked.clear()
-        self._pending_records = self._unacked_records = self._converting_records = 0
+        self._building = {}
+        self._building_since = None
+        self._pending_records = self._unacked_records = self._building_records = 0
         if lost:
             self.metrics.dropped.labels(reason="shutdown").inc(lost)
             log.warning("capture: %d records not acknowledged by the trainer at shutdown", lost)
@@ -497,12 +548,12 @@ class Capture:
 
     def depth(self) -> int:
         """Records queued, being converted or awaiting acknowledgement."""
-        return self._pending_records + self._unacked_records + self._converting_records
+        return self._pending_records + self._unacked_records + self._building_records
 
     # -- background sender -----------------------------------------------------------------------
 
     def _drained(self) -> bool:
-        return not self._pending and not self._unacked and not self._converting_records
+        return not self._pending and not self._unacked and not self._building_records
 
     async def _run(self) -> None:
         attempt = 0
@@ -558,8 +609,7 @@ class Capture:
             metadata = auth_metadata(self._token)
         call = self._stub().Stream(metadata=metadata)
         state = {"acked": False}
-        acked = asyncio.Event()  # set by the reader on every acknowledgement: the window moved
-        reader = asyncio.create_task(self._read_acks(call, state, acked))
+        reader = asyncio.create_task(self._read_acks(call, state))
         try:
             await self._accepted(call, reader)
             resend = list(self._unacked.values())
@@ -578,11 +628,7 @@ class Capture:
                     await call.done_writing()
                     await asyncio.wait_for(reader, 5.0)
                     return state["acked"]
-                waiter = asyncio.ensure_future(acked.wait())
-                await asyncio.wait([reader, waiter], timeout=self._flush_interval,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                acked.clear()
+                await asyncio.sleep(self._tick)  # one timer a tick: a moved window or a broken stream waits for it
         finally:
             reader.cancel()
             call.cancel()
@@ -601,7 +647,7 @@ class Capture:
         if reader.done() or call.done():
             await _ended(reader)
 
-    async def _read_acks(self, call: Any, state: dict[str, bool], acked: asyncio.Event) -> None:
+    async def _read_acks(self, call: Any, state: dict[str, bool]) -> None:
         while True:
             ack = await call.read()
             if ack is grpc.aio.EOF:
@@ -613,55 +659,97 @@ class Capture:
                 self._unacked_records -= sent[1]
                 self.metrics.acknowledged.inc(sent[1])
                 state["acked"] = True
-                acked.set()
 
     async def _take_batch(self) -> collector_pb2.CaptureBatch | None:
-        """Next batch to send, or None: the window is full, or too few records are queued and the
-        oldest is younger than the flush interval (unless stopping). A batch holds whole requests,
-        `batch_size` records or more when its last request has several. The conversion yields to
-        the event loop every `CONVERT_CHUNK` requests, so serving never stalls behind a whole batch."""
-        if not self._pending or len(self._unacked) >= self._max_in_flight:
+        """Convert what is queued (`_convert`), then the next batch to send, or None: the window
+        is full, or the groups being built hold fewer than `batch_size` records and the oldest of
+        them is younger than the flush interval (unless stopping). A batch holds whole requests,
+        `batch_size` records or more when its last request has several."""
+        await self._convert()
+        if not self._building:
+            self._building_since = None  # (a chunk none of whose requests could be converted)
             return None
-        young = (_time_ns() - self._pending[0][0]) < self._flush_interval * 1e9
-        if self._pending_records < self._batch_size and young and not self._stopping:
+        if len(self._unacked) >= self._max_in_flight:
             return None
-        pending = self._pending
-        if self._pending_records == len(pending):  # requests of one record each (the usual case)
-            popleft = pending.popleft
-            items = [popleft() for _ in range(min(len(pending), self._batch_size))]
-            count = sum(map(_rows_of, items))
-        else:
-            items, count = [], 0
-            while pending and count < self._batch_size:
-                item = pending.popleft()
-                items.append(item)
-                count += item[6]
-        self._pending_records -= count
-        self._converting_records = count
+        assert self._building_since is not None
+        if (self._building_records < self._batch_size and not self._stopping
+                and _time_ns() - self._building_since < self._flush_interval * 1e9):
+            return None
         batch_id = self._next_batch_id
         self._next_batch_id += 1
         batch = collector_pb2.CaptureBatch(batch_id=batch_id, sender=self.sender)
-        try:
-            truncated, groups = 0, {}
-            for start in range(0, len(items), CONVERT_CHUNK):
-                if start:
-                    await asyncio.sleep(0)
-                truncated += collect(items[start:start + CONVERT_CHUNK], groups, self._max_record_bytes)
-            for group in groups.values():
+        for group in self._building.values():
+            try:
                 group.write(batch.groups)
-        except Exception:  # one malformed output must not stop capture: convert request by request
-            log.debug("capture: batch conversion failed; converting request by request", exc_info=True)
-            del batch.groups[:]
-            truncated = 0
-            for item in items:
-                try:
-                    truncated += build_batch([item], self._max_record_bytes, batch.groups)[1]
-                except Exception:
-                    log.exception("capture: cannot build records for request %s", item[1])
-        if truncated:
-            self.metrics.dropped.labels(reason="too_large").inc(truncated)
+            except Exception:  # pragma: no cover - collect accepted its samples; kept as a last guard
+                log.exception("capture: cannot build the capture group of %s version %s (%d records lost)",
+                              group.model_name, group.model_version, len(group.ids))
+        self._building = {}
+        self._building_records = 0
+        self._building_since = None
         samples = samples_in(batch)
+        if not samples:
+            return None
         self._unacked[batch_id] = (batch, samples)
         self._unacked_records += samples
-        self._converting_records = 0
         return batch
+
+    async def _convert(self) -> None:
+        """Move queued requests into the groups being built, `CONVERT_CHUNK` requests at a time
+        with a turn of the event loop in between (so serving never stalls behind a whole batch),
+        until the queue is empty or the groups hold `batch_size` records. Each chunk is compacted
+        at once: the requests' own objects are released one sender tick after they were served,
+        not when their batch is sent, and their memory is reused hot by the next requests."""
+        pending = self._pending
+        while pending and self._building_records < self._batch_size:
+            room = self._batch_size - self._building_records
+            if self._pending_records == len(pending):  # requests of one record each (the usual case)
+                popleft = pending.popleft
+                items = [popleft() for _ in range(min(len(pending), room, CONVERT_CHUNK))]
+                count = sum(map(_rows_of, items))
+            else:
+                items, count = [], 0
+                while pending and count < room and len(items) < CONVERT_CHUNK:
+                    item = pending.popleft()
+                    items.append(item)
+                    count += item[6]
+            self._pending_records -= count
+            self._building_records += count
+            if self._building_since is None:
+                self._building_since = items[0][0]
+            self._build(items)
+            if pending and self._building_records < self._batch_size:
+                await asyncio.sleep(0)
+
+    def _build(self, items: list[_Queued]) -> None:
+        """Add a chunk of requests to the groups being built, compacted; if the chunk cannot be
+        converted (one malformed output must not stop capture), request by request."""
+        groups: dict[tuple, _Group] = {}
+        try:
+            truncated = collect(items, groups, self._max_record_bytes)
+        except Exception:
+            log.debug("capture: chunk conversion failed; converting request by request", exc_info=True)
+            truncated = 0
+            for item in items:
+                one: dict[tuple, _Group] = {}
+                try:
+                    truncated += collect([item], one, self._max_record_bytes)
+                except Exception:
+                    log.exception("capture: cannot build records for request %s", item[1])
+                    self._building_records -= item[6]
+                    continue
+                self._absorb(one)
+        else:
+            self._absorb(groups)
+        if truncated:
+            self.metrics.dropped.labels(reason="too_large").inc(truncated)
+
+    def _absorb(self, groups: dict[tuple, _Group]) -> None:
+        building = self._building
+        for key, group in groups.items():
+            group.compact()
+            mine = building.get(key)
+            if mine is None:
+                building[key] = group
+            else:
+                mine.absorb(group)

@@ -74,8 +74,10 @@ class ServerSettings(BaseSettings):
     """Captured records whose inputs exceed this many bytes are sent without their inputs (truncated)."""
     capture_queue_size: int = Field(10_000, gt=0)
     """Capture records held in memory before new ones are dropped."""
-    capture_batch_size: int = Field(256, gt=0)
-    """Records per CaptureBatch sent to the trainer."""
+    capture_batch_size: int = Field(1024, gt=0)
+    """Records per CaptureBatch sent to the trainer (one transaction and acknowledgement each)."""
+    capture_flush_interval: float = Field(1.0, gt=0)
+    """Seconds a captured record waits at most for its batch to fill before the batch is sent."""
     trainer_token: SecretStr | None = None
     """Bearer token the service presents to the trainer."""
     trainer_tls_ca_file: Path | None = None

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import grpc
@@ -117,12 +118,14 @@ def _samples_of(batch: collector_pb2.CaptureBatch) -> dict[str, tuple[str, bytes
     return out
 
 
-async def test_common_and_other_requests_interleaved_reach_the_batches_as_offered() -> None:
+@pytest.mark.parametrize("batch_size", [16, 1000])
+async def test_common_and_other_requests_interleaved_reach_the_batches_as_offered(batch_size: int) -> None:
     """One-sample requests with one raw input (the common request, grouped without a per-input
     step) interleaved with multi-row, typed-contents and float64 requests and two versions: every
     sample reaches a batch once with its version, bytes and probabilities; batches hold whole
-    requests."""
-    capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), batch_size=16, queue_size=1000)
+    requests. With 1,000 records a batch, one batch gathers many compacted chunks per group."""
+    capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), batch_size=batch_size,
+                      queue_size=1000)
     rng = np.random.default_rng(3)
     expected: dict[str, tuple[str, bytes, np.ndarray]] = {}
     for i in range(90):
@@ -142,7 +145,7 @@ async def test_common_and_other_requests_interleaved_reach_the_batches_as_offere
         capture._unacked.clear()  # as if acknowledged
         capture._unacked_records = 0
     # a two-row request is never split, so a batch may overshoot by one
-    assert all(16 <= n <= 17 for n in sizes[:-1]) and sum(sizes) == len(expected)
+    assert all(batch_size <= n <= batch_size + 1 for n in sizes[:-1]) and sum(sizes) == len(expected)
     assert got.keys() == expected.keys()
     for request_id, (version, data, probs) in expected.items():
         assert got[request_id][0] == version and got[request_id][1] == data, request_id
@@ -227,6 +230,34 @@ async def test_requests_of_one_record_are_taken_in_one_step_and_the_rest_stays_q
     assert ids == [[f"r{i}" for i in range(16)], [f"r{i}" for i in range(16, 32)],
                    [f"r{i}" for i in range(32, 40)] + ["late1"]]
     assert capture.depth() == 0
+
+
+async def test_served_requests_are_compacted_within_a_tick_and_sent_when_the_batch_is_full_or_old() -> None:
+    """The sender converts what is queued at every tick, so nothing of a served request is held
+    after it (its arrays are freed); a batch is sent once it holds `batch_size` records, or once
+    its oldest record is older than the flush interval."""
+    capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), batch_size=8, queue_size=100,
+                      flush_interval=0.3)
+    rng = np.random.default_rng(10)
+
+    def serve(request_id: str) -> weakref.ref:
+        _, probs = _offer(capture, request_id, rng)
+        return weakref.ref(probs)
+
+    served = [serve(f"r{i}") for i in range(5)]
+    assert all(ref() is not None for ref in served)  # queued: the data plane's arrays are referenced
+    assert await capture._take_batch() is None  # 5 < 8 records, and young
+    assert not capture._pending and capture._building_records == 5 and capture.depth() == 5
+    assert all(ref() is None for ref in served)  # compacted: nothing of the requests is held any more
+    served += [serve(f"r{i}") for i in range(5, 9)]
+    batch = await capture._take_batch()  # 8 records: full; the ninth waits for the next tick
+    assert [request_id for group in batch.groups for request_id in group.request_ids] == [f"r{i}" for i in range(8)]
+    assert len(capture._pending) == 1 and capture._building_records == 0
+    assert await capture._take_batch() is None  # one record, young
+    assert capture._building_records == 1 and served[8]() is None
+    await asyncio.sleep(0.35)
+    batch = await capture._take_batch()  # old enough
+    assert list(batch.groups[0].request_ids) == ["r8"] and capture._building_records == 0
 
 
 async def test_overflow_drops_the_oldest_requests_and_keeps_the_newest_in_order() -> None:
@@ -516,8 +547,9 @@ async def test_stop_with_the_trainer_down_gives_up_in_time_and_counts_the_loss()
 
 
 async def test_records_being_converted_stay_counted_until_they_are_a_batch() -> None:
-    """The conversion yields to the event loop between chunks: meanwhile its records count in the
-    queue depth and the bound, and a stop at that moment counts them as lost."""
+    """The conversion yields to the event loop between chunks: meanwhile the records it took count
+    in the queue depth and the bound (an overflow drops the oldest request still queued), and so
+    do converted records waiting for a free slot in the window; a stop counts them all as lost."""
     registry = CollectorRegistry()
     requests = 3 * CONVERT_CHUNK + 5  # four chunks
     n = 2 * requests
@@ -528,16 +560,20 @@ async def test_records_being_converted_stay_counted_until_they_are_a_batch() -> 
     converting = asyncio.ensure_future(capture._take_batch())
     await asyncio.sleep(0)  # the conversion has run its first chunk and yielded
     assert not converting.done()
-    assert capture.depth() == n and not capture._drained()
+    assert capture._building_records == 2 * CONVERT_CHUNK and capture.depth() == n and not capture._drained()
     _offer(capture, "one more", rng)
-    _offer(capture, "over the bound", rng)  # n + 2 > n + 1: the oldest *queued* record goes
-    assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 1
+    _offer(capture, "over the bound", rng)  # n + 2 > n + 1: the oldest request still queued goes, whole
+    assert _value(registry, "pseudoserve_capture_dropped_total", reason="queue_full") == 2
     batch = await converting
-    assert samples_in(batch) == n and capture.depth() == n + 1
-    converting = asyncio.ensure_future(capture._take_batch())
+    ids = [request_id for group in batch.groups for request_id in group.request_ids]
+    assert len(ids) == n and f"r{CONVERT_CHUNK}#0" not in ids and "over the bound" in ids
+    assert capture.depth() == n
+    _offer(capture, "after", rng)
+    assert await capture._take_batch() is None  # the window (one batch here) is full: converted, held
+    assert capture._building_records == 1 and capture.depth() == n + 1
     await capture.stop(0.01)  # nothing is listening: everything still held is counted
     assert _value(registry, "pseudoserve_capture_dropped_total", reason="shutdown") == n + 1
-    await asyncio.gather(converting, return_exceptions=True)
+    assert capture.depth() == 0
 
 
 def _start_trainer_process(store: Path, port: int, workdir: Path, *extra: str) -> subprocess.Popen:
