@@ -456,7 +456,6 @@ class Capture:
         self._unacked_records = 0
         self._building: dict[tuple, _Group] = {}  # records taken from the queue, compacted, not yet a batch
         self._building_records = 0
-        self._building_since: int | None = None  # when the oldest of them was served (ns)
         self._next_batch_id = 1
         self._closed = False
         self._stopping = False
@@ -537,7 +536,6 @@ class Capture:
         self._pending.clear()
         self._unacked.clear()
         self._building = {}
-        self._building_since = None
         self._pending_records = self._unacked_records = self._building_records = 0
         if lost:
             self.metrics.dropped.labels(reason="shutdown").inc(lost)
@@ -666,14 +664,11 @@ class Capture:
         them is younger than the flush interval (unless stopping). A batch holds whole requests,
         `batch_size` records or more when its last request has several."""
         await self._convert()
-        if not self._building:
-            self._building_since = None  # (a chunk none of whose requests could be converted)
+        if not self._building or len(self._unacked) >= self._max_in_flight:
             return None
-        if len(self._unacked) >= self._max_in_flight:
-            return None
-        assert self._building_since is not None
+        oldest = min(group.timestamps[0] for group in self._building.values())  # groups fill in served order
         if (self._building_records < self._batch_size and not self._stopping
-                and _time_ns() - self._building_since < self._flush_interval * 1e9):
+                and _time_ns() - oldest < self._flush_interval * 1e9):
             return None
         batch_id = self._next_batch_id
         self._next_batch_id += 1
@@ -686,7 +681,6 @@ class Capture:
                               group.model_name, group.model_version, len(group.ids))
         self._building = {}
         self._building_records = 0
-        self._building_since = None
         samples = samples_in(batch)
         if not samples:
             return None
@@ -715,8 +709,6 @@ class Capture:
                     count += item[6]
             self._pending_records -= count
             self._building_records += count
-            if self._building_since is None:
-                self._building_since = items[0][0]
             self._build(items)
             if pending and self._building_records < self._batch_size:
                 await asyncio.sleep(0)

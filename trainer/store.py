@@ -336,9 +336,11 @@ def _group_values(group: collector_pb2.CaptureGroup, field: str, now: int) -> tu
             raise InvalidSampleError(f"{field}.inputs[{j}].sizes: {len(column.sizes)} sizes summing to "
                                      f"{sum(column.sizes)} for {n} samples and {len(column.data)} bytes")
     head = [(c.name, c.datatype, list(c.shape)) for c in group.inputs]
-    uniform = [sizes[0] for sizes in (list(c.sizes) for c in group.inputs) if n and sizes.count(sizes[0]) == n]
-    if len(uniform) == len(group.inputs) and not group.truncated and (not n or uniform and 0 not in uniform):
-        # every sample has the same byte count per input (none truncated): one blob and spec for all
+    sizes = [list(c.sizes) for c in group.inputs]
+    if n and sizes and not group.truncated and all(s[0] and s.count(s[0]) == n for s in sizes):
+        # every sample has the same (non-zero) byte count per input, none truncated: one blob size
+        # and one spec for all
+        uniform = [s[0] for s in sizes]
         blob_size = sum(uniform)
         if len(group.inputs) == 1:
             inputs = _split(group.inputs[0].data, blob_size, n)
