@@ -77,7 +77,8 @@ class ServerSettings(BaseSettings):
     capture_batch_size: int = Field(1024, gt=0)
     """Records per CaptureBatch sent to the trainer (one transaction and acknowledgement each)."""
     capture_flush_interval: float = Field(1.0, gt=0)
-    """Seconds a captured record waits at most for its batch to fill before the batch is sent."""
+    """Seconds a captured batch may wait to fill before it is sent anyway (checked at least every 0.2 s, so up to
+    0.2 s more; longer while 4 sent batches await the trainer's acknowledgement)."""
     trainer_token: SecretStr | None = None
     """Bearer token the service presents to the trainer."""
     trainer_tls_ca_file: Path | None = None
