@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from protos import collector_pb2
-from service.capture import build_batch
+from service.capture import build_batch, queue_item
 from service.domain import InferInput
 from trainer.store import SampleStore
 
@@ -42,7 +42,7 @@ def batches(count: int, size: int) -> list[collector_pb2.CaptureBatch]:
     probs = [rng.dirichlet(np.ones(10)).astype(np.float32)[None, :] for _ in range(size)]
     out = []
     for b in range(count):
-        items = [(time.time_ns(), f"{b:08x}{i:024x}", "mlp", "1", inputs[i], probs[i], 1) for i in range(size)]
+        items = [queue_item(time.time_ns(), f"{b:08x}{i:024x}", "mlp", "1", inputs[i], probs[i], 1) for i in range(size)]
         batch = collector_pb2.CaptureBatch(batch_id=b + 1, sender="bench")
         build_batch(items, 1 << 20, batch.groups)
         out.append(collector_pb2.CaptureBatch.FromString(batch.SerializeToString()))

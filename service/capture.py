@@ -9,21 +9,27 @@ Who calls it: the service's server start-up builds `Capture.from_settings(settin
 `stop(timeout)`; the DataPlane calls `offer(...)` after every successful request.
 
 Guarantees and choices:
-- `offer` is O(1) and never blocks or raises: sampling, the per-model filter, then one tuple of
-  references to what the data plane already holds (its InferInputs and the probability output,
-  which the model version knows: `ModelVersion.prob_index`) is appended to the queue; its
-  counters are plain ints read at scrape time. Nothing is looked at, copied or grouped on the
-  request path: in a live server every step there runs with cold caches and costs about three
-  times its hot-loop figure (docs/benchmarks.md, section 2), so all of it happens in the sender, a
+- `offer` is O(1) and never blocks or raises: sampling, the per-model filter, then one tuple is
+  appended to the queue (`queue_item`); its counters are plain ints read at scrape time. For the
+  common request (one sample, one input given as bytes, one float32 probability row) the tuple
+  holds only that input's bytes, a copy of the probability row and an interned key (model,
+  version, classes, input name, datatype, shape), so every other object of the request (its
+  InferInputs, the decoded array, onnxruntime's output) is freed when the request ends, while it
+  is still in the cache: holding them until the sender's next burst cost the serving process
+  about 17 µs per request and onnxruntime 3 µs per call (docs/benchmarks.md, section 2, session
+  13). Any other request is queued as references to what the data plane holds (its InferInputs
+  and the probability output, which the model version knows: `ModelVersion.prob_index`). Nothing
+  is grouped or converted on the request path: in a live server every step there runs with cold
+  caches and costs about three times its hot-loop figure, so all of that happens in the sender, a
   batch at a time. `offer`, the sender and `stop` all run on
   one event loop (the data plane's), so the queue takes no lock (a lock per request cost 0.5 µs);
   `depth()`, read by the metrics thread, only adds plain ints.
   Conversion happens in the background task on the same event loop: every `CONVERT_INTERVAL`
   (0.2 s) it takes what was queued in one burst, `CONVERT_CHUNK` requests at a time with a turn of
   the loop in between, so requests never wait behind a whole burst. A chunk made only of the
-  common request (one sample, one input given as bytes, one probability row) of one model version
-  and signature, as steady traffic is, joins its group in one step of C-level passes
-  (`_collect_uniform`); any other chunk goes request by request. Each chunk is compacted at once
+  common request with one key, as steady traffic to one model is, joins its group in one step of
+  C-level passes (`_collect_uniform`, which compares the keys by identity); any other chunk goes
+  request by request. Each chunk is compacted at once
   (inputs' bytes joined, probabilities stacked), so nothing of a served request is held after its
   burst. The groups being built become one CaptureBatch when they hold `batch_size` records (1,024)
   or the oldest of them is `flush_interval` (1 s) old: the trainer's cost is partly per batch (a
@@ -82,17 +88,15 @@ log = logging.getLogger(__name__)
 CONVERT_CHUNK = 32  # queued requests converted between two turns of the event loop
 CONVERT_INTERVAL = 0.2  # seconds between two bursts of conversion of what was queued (at most)
 HANDSHAKE_TIMEOUT_S = 5.0  # how long a new stream waits for the trainer's initial metadata
+MAX_KEYS = 256  # interned keys of common requests kept (cleared beyond: equal keys still group alike)
 _time_ns = time.time_ns
-# queued per request: (timestamp ns, request id, model, version, inputs, probabilities or None, rows)
-_Queued = tuple[int, str, str, str, Sequence[InferInput], np.ndarray | None, int]
-_FLOAT32 = {np.dtype(np.float32)}
+# queued per request, see `queue_item`: (timestamp ns, request id, key, data, probabilities, rows)
+_Queued = tuple[int, str, tuple | None, Any, Any, int]
+_F32 = np.dtype(np.float32)
+_FLOAT32 = {_F32}
 _dtype_of = operator.attrgetter("dtype")
-_shape_of = operator.attrgetter("shape")
-_raw_of = operator.attrgetter("raw")
-_signature_of = operator.attrgetter("name", "datatype", "shape")
-_first = operator.itemgetter(0)
-_rows_of = operator.itemgetter(6)
-_NDARRAY = {np.ndarray}
+_rows_of = operator.itemgetter(5)
+_BYTES = {bytes}
 
 
 class _CapturedCollector:
@@ -129,6 +133,37 @@ class CaptureMetrics:
                                   registry=registry)
         for reason in ("queue_full", "too_large", "shutdown"):
             self.dropped.labels(reason=reason)
+
+
+def queue_item(timestamp_ns: int, request_id: str, model_name: str, model_version: str, inputs: Sequence[InferInput],
+               probabilities: np.ndarray | None, rows: int, keys: dict[tuple, tuple] | None = None) -> _Queued:
+    """What `Capture.offer` queues for one served request.
+
+    The common request (one sample, one input given as bytes, a (1, classes) float32 probability
+    array) becomes (timestamp, id, key, the input's bytes, the probability row's bytes, 1), with
+    key = (model, version, classes, input name, datatype, shape), the key of its CaptureGroup;
+    given `keys`, equal keys are one object (interned), so the sender compares them by identity
+    and nothing else of the request is kept. Any other request becomes (timestamp, id, None,
+    (model, version, inputs), probabilities, rows): references, looked at by the sender."""
+    if rows == 1 and len(inputs) == 1 and probabilities.__class__ is np.ndarray:
+        tensor = inputs[0]
+        raw, shape = tensor.raw, probabilities.shape
+        if (raw is not None and len(shape) == 2 and shape[0] == 1 and shape[1] and probabilities.dtype is _F32
+                and tensor.datatype != "BYTES" and tensor.shape.__class__ is tuple):
+            key = (model_name, model_version, shape[1], tensor.name, tensor.datatype, tensor.shape)
+            if keys is not None:
+                key = keys.setdefault(key, key)
+            return timestamp_ns, request_id, key, raw, probabilities.tobytes(), 1
+    return timestamp_ns, request_id, None, (model_name, model_version, inputs), probabilities, rows
+
+
+def _group_for(key: tuple, groups: dict[tuple, _Group]) -> _Group:
+    """The group being built for a common request's key (see `queue_item`)."""
+    group = groups.get(key)
+    if group is None:
+        model_name, model_version, classes, name, datatype, shape = key
+        group = groups[key] = _Group(model_name, model_version, ((name, datatype, shape),), classes)
+    return group
 
 
 def as_distribution(probs: np.ndarray) -> np.ndarray:
@@ -191,9 +226,9 @@ def _row_chunks(inputs: Sequence[InferInput], rows: int,
 
 class _Group:
     """The samples of one CaptureGroup while a batch is being built: those just added, per sample
-    (`columns`, `probabilities`: references to what the data plane held), and those already
-    compacted into joined bytes and arrays (`joined`, `sizes`, `blocks`), which hold nothing of
-    the requests any more."""
+    (`columns`: their inputs' bytes; `probabilities`: their blocks of rows, float32 bytes of one
+    row for a common request, else the (rows, classes) array the data plane held), and those
+    already compacted into joined bytes and arrays (`joined`, `sizes`, `blocks`)."""
 
     __slots__ = (
         "blocks",
@@ -216,16 +251,15 @@ class _Group:
         self.ids: list[str] = []
         self.timestamps: list[int] = []
         self.columns: list[list[bytes]] = [[] for _ in signature]  # per input: each new sample's bytes
-        self.probabilities: list[np.ndarray] = []  # the new samples' (rows, classes) blocks
+        self.probabilities: list[np.ndarray | bytes] = []  # the new samples' blocks of rows
         self.truncated: list[int] = []
         self.compacted = 0  # samples in joined/sizes/blocks
         self.joined: list[list[bytes]] = [[] for _ in signature]  # per input: compacted samples' bytes, joined
         self.sizes: list[list[int]] = [[] for _ in signature]  # per input: compacted samples' byte counts
         self.blocks: list[np.ndarray] = []  # compacted samples' probabilities, stacked
 
-    def add_sample(self, request_id: str, timestamp_ns: int, data: bytes, probabilities: np.ndarray) -> None:
-        """Append one sample of a one-input group whose bytes are within the cap and whose
-        probabilities are one (1, classes) row: the common request, with no per-input step."""
+    def add_sample(self, request_id: str, timestamp_ns: int, data: bytes, probabilities: bytes) -> None:
+        """Append one common request (see `queue_item`) whose bytes are within the cap."""
         self.ids.append(request_id)
         self.timestamps.append(timestamp_ns)
         self.columns[0].append(data)
@@ -300,15 +334,19 @@ class _Group:
                 request_ids=self.ids, timestamp_ns=self.timestamps, truncated=self.truncated, inputs=inputs, **stats)
 
 
-def _stack_rows(blocks: list[np.ndarray], n: int, classes: int) -> np.ndarray:
-    """The (n, classes) probabilities of a group from its blocks of rows, always a new array:
-    when all are float32, their bytes joined (one copy, no numpy call per block; a block that is
-    not C-contiguous has no such bytes), else concatenated."""
-    if set(map(_dtype_of, blocks)) == _FLOAT32:
+def _stack_rows(blocks: list[np.ndarray | bytes], n: int, classes: int) -> np.ndarray:
+    """The (n, classes) probabilities of a group from its blocks of rows (arrays, or float32 bytes
+    of rows), always a new array: when all are bytes or float32 arrays, their bytes joined (one
+    copy, no numpy call per block; a block that is not C-contiguous has no such bytes), else
+    concatenated."""
+    kinds = set(map(type, blocks))
+    if kinds == _BYTES or set(map(_dtype_of, (b for b in blocks if b.__class__ is not bytes))) == _FLOAT32:
         try:
             return np.frombuffer(b"".join(blocks), dtype=np.float32).reshape(n, classes)
         except (BufferError, TypeError):
             pass
+    if bytes in kinds:
+        blocks = [np.frombuffer(b, dtype=np.float32).reshape(-1, classes) if b.__class__ is bytes else b for b in blocks]
     return np.concatenate(blocks)
 
 
@@ -337,26 +375,25 @@ def _collect_each(items: Sequence[_Queued], groups: dict[tuple, _Group], max_rec
     """`collect`, request by request: any mix of models, versions, signatures, batch sizes and
     probability outputs."""
     truncated = 0
-    for timestamp_ns, request_id, model_name, model_version, inputs, probs, rows in items:
+    for timestamp_ns, request_id, key, data, probs, rows in items:
+        if key is not None:  # a common request
+            group = _group_for(key, groups)
+            classes = key[2]
+            if len(data) + 4 * classes <= max_record_bytes:
+                group.add_sample(request_id, timestamp_ns, data, probs)
+            else:
+                truncated += group.add(request_id, timestamp_ns, 1, [[data]],
+                                       np.frombuffer(probs, dtype=np.float32).reshape(1, classes), max_record_bytes)
+            continue
+        model_name, model_version, inputs = data
         if probs is not None and (probs.ndim not in (1, 2) or probs.shape[-1] == 0):
             probs = None  # not (classes,) or (rows, classes): no usable probabilities
-        if rows == 1 and len(inputs) == 1 and probs is not None and probs.ndim == 2 and probs.shape[0] == 1:
-            tensor = inputs[0]
-            data, classes = tensor.raw, probs.shape[1]
-            if data is not None and tensor.datatype != "BYTES" and len(data) + 4 * classes <= max_record_bytes:
-                key = (model_name, model_version, classes, tensor.name, tensor.datatype, tensor.shape)
-                group = groups.get(key)
-                if group is None:
-                    group = groups[key] = _Group(model_name, model_version,
-                                                 ((tensor.name, tensor.datatype, tuple(tensor.shape)),), classes)
-                group.add_sample(request_id, timestamp_ns, data, probs)
-                continue
         batched = probs is None or probs.ndim == 2  # 1-D probabilities: a model without batching
         if probs is not None and (probs.shape[0] if probs.ndim == 2 else 1) != rows:
             probs = None  # not one row per record
         classes = probs.shape[-1] if probs is not None else 0
         signature, columns = _row_chunks(inputs, rows, batched)
-        key = (model_name, model_version, classes, *(part for entry in signature for part in entry))  # as above
+        key = (model_name, model_version, classes, *(part for entry in signature for part in entry))  # as queue_item
         group = groups.get(key)
         if group is None:
             group = groups[key] = _Group(model_name, model_version, signature, classes)
@@ -366,44 +403,21 @@ def _collect_each(items: Sequence[_Queued], groups: dict[tuple, _Group], max_rec
 
 
 def _collect_uniform(items: Sequence[_Queued], groups: dict[tuple, _Group], max_record_bytes: int) -> bool:
-    """Add `items` to their group in one step when every one is the common request of the same
-    model version and input signature (one sample, one input given as bytes within the cap, one
-    (1, classes) probability row), as steady traffic to one model is; returns False, having added
-    nothing, otherwise. Every check and copy is a C-level pass over the items (`zip`, `map`,
-    `set`), none a Python step per item."""
+    """Add `items` to their group in one step when every one is a common request with the same
+    key (one model version and input signature; see `queue_item`) within the cap, as steady
+    traffic to one model is; returns False, having added nothing, otherwise. Every check and copy
+    is a C-level pass over the items (`zip`, `count`, which compares interned keys by identity,
+    `map`), none a Python step per item."""
     if not items:
         return True
-    stamps, ids, models, versions, inputs, probs, rows = zip(*items)
-    n = len(ids)
-    model, version = models[0], versions[0]
-    if rows.count(1) != n or models.count(model) != n or versions.count(version) != n:
+    stamps, ids, keys, datas, probs, _ = zip(*items)
+    key = keys[0]
+    if key is None or keys.count(key) != len(keys) or max(map(len, datas)) + 4 * key[2] > max_record_bytes:
         return False
-    if set(map(len, inputs)) != {1}:
-        return False
-    tensors = list(map(_first, inputs))
-    signatures = set(map(_signature_of, tensors))
-    if len(signatures) != 1:
-        return False
-    ((name, datatype, shape),) = signatures
-    raws = list(map(_raw_of, tensors))
-    if datatype == "BYTES" or None in raws or set(map(type, probs)) != _NDARRAY:
-        return False
-    shapes = set(map(_shape_of, probs))
-    if len(shapes) != 1:
-        return False
-    (prob_shape,) = shapes
-    if len(prob_shape) != 2 or prob_shape[0] != 1 or prob_shape[1] == 0:
-        return False
-    classes = prob_shape[1]
-    if max(map(len, raws)) + 4 * classes > max_record_bytes:
-        return False
-    key = (model, version, classes, name, datatype, shape)  # the key the per-item path uses
-    group = groups.get(key)
-    if group is None:
-        group = groups[key] = _Group(model, version, ((name, datatype, tuple(shape)),), classes)
+    group = _group_for(key, groups)
     group.ids.extend(ids)
     group.timestamps.extend(stamps)
-    group.columns[0].extend(raws)
+    group.columns[0].extend(datas)
     group.probabilities.extend(probs)
     return True
 
@@ -455,6 +469,7 @@ class Capture:
         self._unacked: OrderedDict[int, tuple[collector_pb2.CaptureBatch, int]] = OrderedDict()  # id -> (batch, samples)
         self._unacked_records = 0
         self._building: dict[tuple, _Group] = {}  # records taken from the queue, compacted, not yet a batch
+        self._keys: dict[tuple, tuple] = {}  # interned keys of common requests (`queue_item`)
         self._building_records = 0
         self._next_batch_id = 1
         self._closed = False
@@ -483,14 +498,16 @@ class Capture:
               probabilities: np.ndarray | None, rows: int = 1) -> None:
         """Queue one served request for capture: its InferInputs, its probability output (None for a
         model without one) and its batch size `rows` (1 for a model without batching), which is how
-        many records it yields. O(1): one tuple appended, nothing looked at or copied (the sender
-        does that); never blocks, never raises. The array must not change afterwards."""
+        many records it yields. O(1): one tuple appended (`queue_item`), nothing grouped or
+        converted (the sender does that); never blocks, never raises. The arrays of a request other
+        than the common one must not change afterwards."""
         try:
             if self._closed or (self._models is not None and model_name not in self._models):
                 return
             if self._sampling < 1.0 and self._random() >= self._sampling:
                 return
-            self._pending.append((_time_ns(), request_id, model_name, model_version, inputs, probabilities, rows))
+            self._pending.append(queue_item(_time_ns(), request_id, model_name, model_version, inputs, probabilities,
+                                            rows, self._keys))
             self._pending_records += rows
             captured = self._captured
             captured[model_name] = captured.get(model_name, 0) + rows
@@ -507,7 +524,7 @@ class Capture:
         pending = self._pending
         while pending and (self._pending_records - dropped + self._unacked_records
                            + self._building_records > self._capacity):
-            dropped += pending.popleft()[6]
+            dropped += pending.popleft()[5]
         self._pending_records -= dropped
         if dropped:
             self.metrics.dropped.labels(reason="queue_full").inc(dropped)
@@ -694,6 +711,8 @@ class Capture:
         until the queue is empty or the groups hold `batch_size` records. Each chunk is compacted
         at once: the requests' own objects are released one sender tick after they were served,
         not when their batch is sent, and their memory is reused hot by the next requests."""
+        if len(self._keys) > MAX_KEYS:  # many signatures (variable shapes): start again
+            self._keys.clear()
         pending = self._pending
         while pending and self._building_records < self._batch_size:
             room = self._batch_size - self._building_records
@@ -706,7 +725,7 @@ class Capture:
                 while pending and count < room and len(items) < CONVERT_CHUNK:
                     item = pending.popleft()
                     items.append(item)
-                    count += item[6]
+                    count += item[5]
             self._pending_records -= count
             self._building_records += count
             self._build(items)
@@ -728,7 +747,7 @@ class Capture:
                     truncated += collect([item], one, self._max_record_bytes)
                 except Exception:
                     log.exception("capture: cannot build records for request %s", item[1])
-                    self._building_records -= item[6]
+                    self._building_records -= item[5]
                     continue
                 self._absorb(one)
         else:

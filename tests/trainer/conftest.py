@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from protos import collector_pb2
-from service.capture import build_batch
+from service.capture import build_batch, queue_item
 from service.domain import InferInput
 
 
@@ -30,8 +30,8 @@ class Captured:
     def offered(self) -> tuple:
         """The item `service.capture.Capture.offer` queues for this sample."""
         x = self.x[None, :]
-        return (1, self.request_id, self.model, self.version, [InferInput("input", "FP32", x.shape, x, x.tobytes())],
-                self.probabilities[None, :], 1)
+        return queue_item(1, self.request_id, self.model, self.version, [InferInput("input", "FP32", x.shape, x, x.tobytes())],
+                          self.probabilities[None, :], 1)
 
 
 def make_record(request_id: str, x: np.ndarray, probs: np.ndarray, *, model: str = "classifier",

@@ -56,7 +56,7 @@ def _input(x: np.ndarray, raw: bool = True, name: str = "input", datatype: str =
 def _queued(timestamp_ns: int, request_id: str, version: str, inputs: list[InferInput],
             probs: np.ndarray | None, rows: int) -> tuple:
     """A queued request as `Capture.offer` queues it, for `build_batch`."""
-    return (timestamp_ns, request_id, "m", version, inputs, probs, rows)
+    return capture_module.queue_item(timestamp_ns, request_id, "m", version, inputs, probs, rows)
 
 
 def _offer(capture: Capture, request_id: str, rng: np.random.Generator, rows: int = 1, model: str = "classifier",
@@ -212,6 +212,24 @@ def test_probability_blocks_are_stacked_whatever_their_type_and_layout() -> None
     wide = rng.random((2, 8), dtype=np.float32)
     strided = [blocks[0], wide[:, ::2], blocks[2]]  # a view without contiguous bytes
     assert np.array_equal(capture_module._stack_rows(strided, 4, 4), np.concatenate(strided))
+    rows = [blocks[0].tobytes(), blocks[1], blocks[2].tobytes()]  # common requests' float32 rows as bytes
+    assert np.array_equal(capture_module._stack_rows(rows, 4, 4), np.concatenate(blocks))
+    with_float64 = [blocks[0].tobytes(), blocks[1].astype(np.float64), blocks[2].tobytes()]
+    assert np.array_equal(capture_module._stack_rows(with_float64, 4, 4), np.concatenate(mixed))
+
+
+def test_common_requests_are_queued_as_bytes_under_one_interned_key() -> None:
+    """`queue_item` keeps of the common request its input bytes and a copy of its probability row,
+    under a key that equal requests share as one object; any other request keeps references."""
+    keys: dict = {}
+    x, probs = np.ones((1, 4), np.float32), np.full((1, 3), 1 / 3, np.float32)
+    first = capture_module.queue_item(1, "a", "m", "1", [_input(x)], probs, 1, keys)
+    second = capture_module.queue_item(2, "b", "m", "1", [_input(x.copy())], probs.copy(), 1, keys)
+    assert first[2] == ("m", "1", 3, "input", "FP32", (1, 4)) and second[2] is first[2] and len(keys) == 1
+    assert first[3] == x.tobytes() and first[4] == probs.tobytes() and first[5] == 1
+    for odd in (capture_module.queue_item(3, "c", "m", "1", [_input(x)], probs.astype(np.float64), 1, keys),
+                capture_module.queue_item(4, "d", "m", "1", [_input(x, raw=False)], probs, 1, keys)):
+        assert odd[2] is None and odd[3][:2] == ("m", "1") and odd[4] is not None
 
 
 async def test_requests_of_one_record_are_taken_in_one_step_and_the_rest_stays_queued_in_order() -> None:
@@ -232,32 +250,52 @@ async def test_requests_of_one_record_are_taken_in_one_step_and_the_rest_stays_q
     assert capture.depth() == 0
 
 
+async def test_interned_keys_are_bounded_and_requests_still_group_by_equal_keys_after_a_reset() -> None:
+    """Traffic with ever new input shapes (a model with a variable dimension) cannot grow the
+    interned keys without bound; after a reset, equal keys still share their group."""
+    capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), batch_size=10_000, queue_size=10_000)
+    probs = np.full((1, 3), 1 / 3, np.float32)
+    for width in range(1, capture_module.MAX_KEYS + 2):
+        capture.offer(f"w{width}", "m", "1", [_input(np.ones((1, width), np.float32))], probs, 1)
+    assert len(capture._keys) == capture_module.MAX_KEYS + 1
+    await capture._convert()
+    assert len(capture._keys) == 0 and len(capture._building) == capture_module.MAX_KEYS + 1
+    capture.offer("again", "m", "1", [_input(np.ones((1, 1), np.float32))], probs, 1)
+    await capture._convert()
+    group = capture._building[("m", "1", 3, "input", "FP32", (1, 1))]
+    assert group.ids == ["w1", "again"] and len(capture._building) == capture_module.MAX_KEYS + 1
+
+
 async def test_served_requests_are_compacted_within_a_tick_and_sent_when_the_batch_is_full_or_old() -> None:
-    """The sender converts what is queued at every tick, so nothing of a served request is held
-    after it (its arrays are freed); a batch is sent once it holds `batch_size` records, or once
-    its oldest record is older than the flush interval."""
+    """Of a common request only its bytes are queued (its arrays are freed with it); of any other
+    the sender converts what is queued at every tick, so nothing of a served request is held after
+    it; a batch is sent once it holds `batch_size` records, or once its oldest record is older
+    than the flush interval."""
     capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), batch_size=8, queue_size=100,
                       flush_interval=0.3)
     rng = np.random.default_rng(10)
 
-    def serve(request_id: str) -> weakref.ref:
-        _, probs = _offer(capture, request_id, rng)
+    def serve(request_id: str, rows: int = 1) -> weakref.ref:
+        _, probs = _offer(capture, request_id, rng, rows=rows)
         return weakref.ref(probs)
 
-    served = [serve(f"r{i}") for i in range(5)]
-    assert all(ref() is not None for ref in served)  # queued: the data plane's arrays are referenced
-    assert await capture._take_batch() is None  # 5 < 8 records, and young
-    assert not capture._pending and capture._building_records == 5 and capture.depth() == 5
-    assert all(ref() is None for ref in served)  # compacted: nothing of the requests is held any more
-    served += [serve(f"r{i}") for i in range(5, 9)]
+    served = [serve(f"r{i}") for i in range(4)]
+    assert all(ref() is None for ref in served)  # common requests: the data plane's arrays are not referenced
+    held = serve("r4", rows=2)
+    assert held() is not None  # any other request: referenced until the sender's next tick
+    assert await capture._take_batch() is None  # 6 < 8 records, and young
+    assert not capture._pending and capture._building_records == 6 and capture.depth() == 6
+    assert held() is None  # compacted: nothing of the requests is held any more
+    served += [serve(f"r{i}") for i in range(5, 8)]
     batch = await capture._take_batch()  # 8 records: full; the ninth waits for the next tick
-    assert [request_id for group in batch.groups for request_id in group.request_ids] == [f"r{i}" for i in range(8)]
+    assert [request_id for group in batch.groups for request_id in group.request_ids] == [
+        "r0", "r1", "r2", "r3", "r4#0", "r4#1", "r5", "r6"]
     assert len(capture._pending) == 1 and capture._building_records == 0
     assert await capture._take_batch() is None  # one record, young
-    assert capture._building_records == 1 and served[8]() is None
+    assert capture._building_records == 1
     await asyncio.sleep(0.35)
     batch = await capture._take_batch()  # old enough
-    assert list(batch.groups[0].request_ids) == ["r8"] and capture._building_records == 0
+    assert list(batch.groups[0].request_ids) == ["r7"] and capture._building_records == 0
 
 
 async def test_overflow_drops_the_oldest_requests_and_keeps_the_newest_in_order() -> None:

@@ -224,7 +224,7 @@ def test_directory_as_store_path_is_refused(tmp_path: Path) -> None:
 
 def test_multi_row_multi_input_and_bytes_samples_keep_their_inputs_exactly(tmp_path: Path) -> None:
     """Every sample of a capture group keeps each input's bytes, datatype and per-sample shape."""
-    from service.capture import build_batch
+    from service.capture import build_batch, queue_item
     from service.domain import InferInput
     from service.tensors import encode_raw
 
@@ -232,7 +232,7 @@ def test_multi_row_multi_input_and_bytes_samples_keep_their_inputs_exactly(tmp_p
     words = np.array([[b"a"], [b"longer"]], dtype=object)
     probs = np.array([[0.9, 0.1], [0.3, 0.7]], dtype=np.float32)
     inputs = [InferInput("x", "FP32", (2, 3), x, x.tobytes()), InferInput("w", "BYTES", (2, 1), words, encode_raw(words))]
-    item = (7, "two", "m", "2", inputs, probs, 2)
+    item = queue_item(7, "two", "m", "2", inputs, probs, 2)
     with SampleStore(tmp_path / "s.db") as store:
         assert store.add_captured(build_batch([item], 1 << 20)[0]) == (2, 0)
         ids, X = store.unlabeled_arrays()
@@ -388,15 +388,15 @@ def test_schema_1_store_with_an_unreadable_record_is_refused_and_left_as_it_was(
 def test_samples_of_equal_sizes_are_stored_as_the_sample_by_sample_path_stores_them(tmp_path: Path) -> None:
     """A group whose samples all have the same byte counts (fixed shapes, none truncated) is cut
     in one pass per column; its rows must be those of the general path, which cuts sample by sample."""
-    from service.capture import build_batch
+    from service.capture import build_batch, queue_item
     from service.domain import InferInput
     from trainer import store as store_module
 
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     z = np.arange(6, dtype=np.int64).reshape(3, 2)
     probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]], dtype=np.float32)
-    two_inputs = (7, "two", "m", "2", [InferInput("x", "FP32", (3, 4), x, x.tobytes()),
-                                      InferInput("z", "INT64", (3, 2), z, z.tobytes())], probs, 3)
+    two_inputs = queue_item(7, "two", "m", "2", [InferInput("x", "FP32", (3, 4), x, x.tobytes()),
+                                                 InferInput("z", "INT64", (3, 2), z, z.tobytes())], probs, 3)
     (multi,) = build_batch([two_inputs], 1 << 20)[0]
     (single,) = groups(random_records(5))
     for group in (multi, single):
