@@ -15,9 +15,8 @@ Guarantees and choices:
   holds only that input's bytes, a copy of the probability row and an interned key (model,
   version, classes, input name, datatype, shape), so every other object of the request (its
   InferInputs, the decoded array, onnxruntime's output) is freed when the request ends, while it
-  is still in the cache: holding them until the sender's next burst cost the serving process
-  about 17 µs per request and onnxruntime 3 µs per call (docs/benchmarks.md, section 2, session
-  13). Any other request is queued as references to what the data plane holds (its InferInputs
+  is still in the cache: held until the sender's next burst, they made onnxruntime's call 2-4 µs
+  slower and cost the serving process more besides (docs/benchmarks.md, section 2, session 13). Any other request is queued as references to what the data plane holds (its InferInputs
   and the probability output, which the model version knows: `ModelVersion.prob_index`). Nothing
   is grouped or converted on the request path: in a live server every step there runs with cold
   caches and costs about three times its hot-loop figure, so all of that happens in the sender, a
