@@ -15,14 +15,14 @@ Guarantees and choices:
   holds only that input's bytes, a copy of the probability row and an interned key (model,
   version, classes, input name, datatype, shape), so every other object of the request (its
   InferInputs, the decoded array, onnxruntime's output) is freed when the request ends, while it
-  is still in the cache: held until the sender's next burst, they made onnxruntime's call 2-4 µs
-  slower and cost the serving process more besides (docs/benchmarks.md, section 2, session 13). Any other request is queued as references to what the data plane holds (its InferInputs
-  and the probability output, which the model version knows: `ModelVersion.prob_index`). Nothing
-  is grouped or converted on the request path: in a live server every step there runs with cold
-  caches and costs about three times its hot-loop figure, so all of that happens in the sender, a
-  batch at a time. `offer`, the sender and `stop` all run on
-  one event loop (the data plane's), so the queue takes no lock (a lock per request cost 0.5 µs);
-  `depth()`, read by the metrics thread, only adds plain ints.
+  is still in the cache (held until the sender's next burst, they made onnxruntime's call 2-4 µs
+  slower: docs/benchmarks.md, section 2, session 13). Any other request is queued as references
+  to what the data plane holds (its InferInputs and the probability output, which the model
+  version knows: `ModelVersion.prob_index`). Nothing is grouped or converted on the request path:
+  in a live server every step there runs with cold caches and costs about three times its
+  hot-loop figure, so all of that happens in the sender, a batch at a time. `offer`, the sender
+  and `stop` all run on one event loop (the data plane's), so the queue takes no lock (a lock per
+  request cost 0.5 µs); `depth()`, read by the metrics thread, only adds plain ints.
   Conversion happens in the background task on the same event loop: every `CONVERT_INTERVAL`
   (0.2 s) it takes what was queued in one burst, `CONVERT_CHUNK` requests at a time with a turn of
   the loop in between, so requests never wait behind a whole burst. A chunk made only of the
