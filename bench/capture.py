@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,21 +231,22 @@ def _interval(logs: list[float]) -> dict:
     return {"ratio": math.exp(x.mean()), "low": math.exp(x.mean() - 2 * se), "high": math.exp(x.mean() + 2 * se)}
 
 
+def _run_means(runs: list[dict], log_ratio: Callable[[dict], float]) -> list[float]:
+    """Per run, the mean of `log_ratio` over its trials."""
+    return [float(np.mean([log_ratio(t) for t in run["trials"]])) for run in runs]
+
+
 def pool(runs: list[dict], aa: bool) -> dict:
     """The runs' figure: per run the mean of its per-trial log ratios; over runs their geometric
     mean with a 95 % interval (runs are the units: a process keeps its speed for its whole life,
     so trials of one run are not independent)."""
-    on_off = [float(np.mean([math.log(t["ratio"]) for t in run["trials"]])) for run in runs]
-    pooled = {"runs": len(runs), "on_off": _interval(on_off),
+    pooled = {"runs": len(runs), "on_off": _interval(_run_means(runs, lambda t: math.log(t["ratio"]))),
               "runs_median_at_target": sum(run["summary"]["median_ratio"] >= 0.95 for run in runs),
               "records_lost": sum(run["summary"]["captured"] - run["summary"]["trainer_stored"] for run in runs)}
     if aa:
-        both = [float(np.mean([math.log(t["on"]["throughput"])
-                               - (math.log(t["off"]["throughput"]) + math.log(t["off2"]["throughput"])) / 2
-                               for t in run["trials"]])) for run in runs]
-        pooled["on_both_offs"] = _interval(both)
-        pooled["off2_off"] = _interval([float(np.mean([math.log(t["ratio_aa"]) for t in run["trials"]]))
-                                        for run in runs])
+        pooled["on_both_offs"] = _interval(_run_means(runs, lambda t: math.log(
+            t["on"]["throughput"] / math.sqrt(t["off"]["throughput"] * t["off2"]["throughput"]))))
+        pooled["off2_off"] = _interval(_run_means(runs, lambda t: math.log(t["ratio_aa"])))
     return pooled
 
 

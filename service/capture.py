@@ -523,7 +523,7 @@ class Capture:
         pending = self._pending
         while pending and (self._pending_records - dropped + self._unacked_records
                            + self._building_records > self._capacity):
-            dropped += pending.popleft()[5]
+            dropped += _rows_of(pending.popleft())
         self._pending_records -= dropped
         if dropped:
             self.metrics.dropped.labels(reason="queue_full").inc(dropped)
@@ -724,7 +724,7 @@ class Capture:
                 while pending and count < room and len(items) < CONVERT_CHUNK:
                     item = pending.popleft()
                     items.append(item)
-                    count += item[5]
+                    count += _rows_of(item)
             self._pending_records -= count
             self._building_records += count
             self._build(items)
@@ -746,7 +746,7 @@ class Capture:
                     truncated += collect([item], one, self._max_record_bytes)
                 except Exception:
                     log.exception("capture: cannot build records for request %s", item[1])
-                    self._building_records -= item[5]
+                    self._building_records -= _rows_of(item)
                     continue
                 self._absorb(one)
         else:
