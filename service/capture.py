@@ -12,30 +12,32 @@ Guarantees and choices:
 - `offer` is O(1) and never blocks or raises: sampling, the per-model filter, then one tuple is
   appended to the queue (`queue_item`); its counters are plain ints read at scrape time. For the
   common request (one sample, one input given as bytes, one float32 probability row) the tuple
-  holds only that input's bytes, a copy of the probability row and an interned key (model,
-  version, classes, input name, datatype, shape), so every other object of the request (its
-  InferInputs, the decoded array, onnxruntime's output) is freed when the request ends, while it
-  is still in the cache (held until the sender's next burst, they made onnxruntime's call 2-4 µs
-  slower: docs/benchmarks.md, section 2, session 13). Any other request is queued as references
-  to what the data plane holds (its InferInputs and the probability output, which the model
-  version knows: `ModelVersion.prob_index`). Nothing is grouped or converted on the request path:
-  in a live server every step there runs with cold caches and costs about three times its
-  hot-loop figure, so all of that happens in the sender, a batch at a time. `offer`, the sender
-  and `stop` all run on one event loop (the data plane's), so the queue takes no lock (a lock per
-  request cost 0.5 µs); `depth()`, read by the metrics thread, only adds plain ints.
-  Conversion happens in the background task on the same event loop: every `CONVERT_INTERVAL`
+  holds only that input's bytes, a copy of the probability row and an interned key (model, version,
+  classes, input name, datatype, shape); a request whose every part equals the last common
+  request's reuses that key without building or hashing one (compared part by part: in a live
+  server this cut `offer` from 4.7 to 3.5 µs, docs/benchmarks.md section 2, session 15). So every
+  other object of the request (its InferInputs, the decoded array, onnxruntime's output) is freed
+  when the request ends, while it is still in the cache (held until the sender's next burst, they
+  made onnxruntime's call 2-4 µs slower: docs/benchmarks.md, section 2, session 13). Any other
+  request is queued as references to what the data plane holds (its InferInputs and the probability
+  output, which the model version knows: `ModelVersion.prob_index`). Nothing is grouped or
+  converted on the request path: in a live server every step there runs with cold caches and costs
+  about three times its hot-loop figure, so all of that happens in the sender, a batch at a time.
+  `offer`, the sender and `stop` all run on one event loop (the data plane's), so the queue takes
+  no lock (a lock per request cost 0.5 µs); `depth()`, read by the metrics thread, only adds plain
+  ints. Conversion happens in the background task on the same event loop: every `CONVERT_INTERVAL`
   (0.2 s) it takes what was queued in one burst, `CONVERT_CHUNK` requests at a time with a turn of
-  the loop in between, so requests never wait behind a whole burst. A chunk made only of the
-  common request with one key, as steady traffic to one model is, joins its group in one step of
-  C-level passes (`_collect_uniform`, which compares the keys by identity); any other chunk goes
-  request by request. Each chunk is compacted at once
-  (inputs' bytes joined, probabilities stacked), so nothing of a served request is held after its
-  burst. The groups being built become one CaptureBatch when they hold `batch_size` records (1,024)
-  or the oldest of them is `flush_interval` (1 s) old: the trainer's cost is partly per batch (a
-  transaction, an fsync, an acknowledgement), and bursts keep the serving loop's caches warm (a
-  conversion every 20 ms cost the serving process more; docs/benchmarks.md section 2, session 11).
-  Each group becomes one CaptureGroup with numpy-computed columns (probabilities, predicted class,
-  confidence, margin) and the inputs' bytes joined per input, never a message per sample.
+  the loop in between, so requests never wait behind a whole burst. A chunk made only of the common
+  request with one key, as steady traffic to one model is, joins its group in one step of C-level
+  passes (`_collect_uniform`, which compares the keys by identity); any other chunk goes request by
+  request. Each chunk is compacted at once (inputs' bytes joined, probabilities stacked), so
+  nothing of a served request is held after its burst. The groups being built become one
+  CaptureBatch when they hold `batch_size` records (1,024) or the oldest of them is
+  `flush_interval` (1 s) old: the trainer's cost is partly per batch (a transaction, an fsync, an
+  acknowledgement), and bursts keep the serving loop's caches warm (a conversion every 20 ms cost
+  the serving process more; docs/benchmarks.md section 2, session 11). Each group becomes one
+  CaptureGroup with numpy-computed columns (probabilities, predicted class, confidence, margin) and
+  the inputs' bytes joined per input, never a message per sample.
 - The bound (`queue_size` records) covers queued records, those being built into a batch *and*
   sent-but-unacknowledged ones.
   When it is exceeded the oldest queued (not yet converted) requests are dropped whole, their records
@@ -469,6 +471,8 @@ class Capture:
         self._unacked_records = 0
         self._building: dict[tuple, _Group] = {}  # records taken from the queue, compacted, not yet a batch
         self._keys: dict[tuple, tuple] = {}  # interned keys of common requests (`queue_item`)
+        self._last_key: tuple | None = None  # the last common request's key (interned)
+        self._last_rows_shape: tuple[int, int] | None = None  # its probabilities' shape, (1, classes)
         self._building_records = 0
         self._next_batch_id = 1
         self._closed = False
@@ -505,8 +509,20 @@ class Capture:
                 return
             if self._sampling < 1.0 and self._random() >= self._sampling:
                 return
-            self._pending.append(queue_item(_time_ns(), request_id, model_name, model_version, inputs, probabilities,
-                                            rows, self._keys))
+            last = self._last_key
+            if (last is not None and rows == 1 and model_version == last[1] and len(inputs) == 1
+                    and probabilities.__class__ is np.ndarray and probabilities.dtype is _F32
+                    and probabilities.shape == self._last_rows_shape):
+                tensor = inputs[0]
+                raw = tensor.raw
+                if (raw is not None and tensor.shape == last[5] and tensor.name == last[3]
+                        and tensor.datatype == last[4] and model_name == last[0]):
+                    item = (_time_ns(), request_id, last, raw, probabilities.tobytes(), 1)
+                else:
+                    item = self._queue_item(request_id, model_name, model_version, inputs, probabilities, rows)
+            else:
+                item = self._queue_item(request_id, model_name, model_version, inputs, probabilities, rows)
+            self._pending.append(item)
             self._pending_records += rows
             captured = self._captured
             captured[model_name] = captured.get(model_name, 0) + rows
@@ -516,6 +532,16 @@ class Capture:
             if not self._warned:
                 self._warned = True
                 log.exception("capture: offer failed (logged once)")
+
+    def _queue_item(self, request_id: str, model_name: str, model_version: str, inputs: Sequence[InferInput],
+                    probabilities: np.ndarray | None, rows: int) -> _Queued:
+        """`queue_item` for a request that is not a common request of the last key; a common
+        request's key becomes the last key."""
+        item = queue_item(_time_ns(), request_id, model_name, model_version, inputs, probabilities, rows, self._keys)
+        key = item[2]
+        if key is not None:
+            self._last_key, self._last_rows_shape = key, (1, key[2])
+        return item
 
     def _drop_oldest(self) -> None:
         """Over the bound: drop the oldest queued (never sent) requests until within it."""

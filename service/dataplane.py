@@ -133,7 +133,7 @@ class DataPlane:
         if capture is not None and request.capture:
             if not request_id:  # the sample's key in the trainer's store (SubmitLabels by id)
                 request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
-            capture.offer(request_id, name, mv.version_str, request.inputs,
+            capture.offer(request_id, mv.name, mv.version_str, request.inputs,
                           computed[mv.prob_index] if mv.prob_index is not None else None, rows)
         metrics.request_succeeded(rows, self._perf_counter() - start, queue_s)
         return InferResponse(name, mv.version_str, request_id, outputs, request.raw_outputs)

@@ -232,6 +232,48 @@ def test_common_requests_are_queued_as_bytes_under_one_interned_key() -> None:
         assert odd[2] is None and odd[3][:2] == ("m", "1") and odd[4] is not None
 
 
+def test_offer_queues_a_common_request_like_the_last_under_the_last_key_and_any_difference_under_its_own() -> None:
+    """`offer` reuses the last common request's key when every part of the request equals it
+    (strings that are other objects included, as every request's are); a request that differs in
+    any part (model, version, input name, datatype, shape, classes, probability type, rows, raw
+    bytes) is queued exactly as `queue_item` queues it, and a common one's key becomes the last."""
+    capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), queue_size=1000)
+    x, probs = np.ones((1, 4), np.float32), np.full((1, 3), 1 / 3, np.float32)
+    def fresh(text: str) -> str:  # an equal string that is another object (as each request's are)
+        copy = text.encode().decode()
+        assert copy == text and copy is not text
+        return copy
+
+    base = ("model", "12", [_input(x)], probs, 1)
+    variants = {
+        "same": base,
+        "equal strings": (fresh("model"), fresh("12"), [_input(x, name=fresh("input"), datatype=fresh("FP32"))],
+                          probs.copy(), 1),
+        "model": ("other", "12", [_input(x)], probs, 1),
+        "version": ("model", "13", [_input(x)], probs, 1),
+        "input name": ("model", "12", [_input(x, name="other")], probs, 1),
+        "datatype": ("model", "12", [_input(x.view(np.int32), datatype="INT32")], probs, 1),
+        "shape": ("model", "12", [_input(np.ones((1, 5), np.float32))], probs, 1),
+        "classes": ("model", "12", [_input(x)], np.full((1, 4), 1 / 4, np.float32), 1),
+        "float64": ("model", "12", [_input(x)], probs.astype(np.float64), 1),
+        "typed contents": ("model", "12", [_input(x, raw=False)], probs, 1),
+        "two rows": ("model", "12", [_input(np.ones((2, 4), np.float32))], np.full((2, 3), 1 / 3, np.float32), 2),
+    }
+    for name, (model, version, inputs, p, rows) in variants.items():
+        capture.offer("base", *base)  # the last key is now base's
+        last = capture._last_key
+        assert last == ("model", "12", 3, "input", "FP32", (1, 4)), name
+        capture.offer(name, model, version, inputs, p, rows)
+        expected = capture_module.queue_item(0, name, model, version, inputs, p, rows, capture._keys)
+        queued = capture._pending[-1]
+        assert queued[1:3] == expected[1:3] and queued[5] == expected[5], name
+        if expected[2] is not None:
+            assert queued[2] is capture._keys[expected[2]] and queued[3:5] == expected[3:5], name
+            assert capture._last_key is queued[2], name  # a common request's key becomes the last key
+    base_key = capture._pending[0][2]
+    assert [item[2] is base_key for item in list(capture._pending)[:4]] == [True] * 4  # same, equal strings
+
+
 async def test_requests_of_one_record_are_taken_in_one_step_and_the_rest_stays_queued_in_order() -> None:
     capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), batch_size=16, queue_size=1000)
     rng = np.random.default_rng(9)
