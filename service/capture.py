@@ -15,10 +15,10 @@ Guarantees and choices:
   holds only that input's bytes, a copy of the probability row and an interned key (model, version,
   classes, input name, datatype, shape); a request whose every part equals the last common
   request's reuses that key without building or hashing one (compared part by part: in a live
-  server this cut `offer` from 4.7 to 3.5 µs, docs/benchmarks.md section 2, session 15). So every
-  other object of the request (its InferInputs, the decoded array, onnxruntime's output) is freed
-  when the request ends, while it is still in the cache (held until the sender's next burst, they
-  made onnxruntime's call 2-4 µs slower: docs/benchmarks.md, section 2, session 13). Any other
+  server this cut `offer` from 4.7-5.1 to 3.4-3.7 µs, docs/benchmarks.md section 2, session 15). So
+  every other object of the request (its InferInputs, the decoded array, onnxruntime's output) is
+  freed when the request ends, while it is still in the cache (held until the sender's next burst,
+  they made onnxruntime's call 2-4 µs slower: docs/benchmarks.md, section 2, session 13). Any other
   request is queued as references to what the data plane holds (its InferInputs and the probability
   output, which the model version knows: `ModelVersion.prob_index`). Nothing is grouped or
   converted on the request path: in a live server every step there runs with cold caches and costs

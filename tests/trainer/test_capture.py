@@ -235,8 +235,8 @@ def test_common_requests_are_queued_as_bytes_under_one_interned_key() -> None:
 def test_offer_queues_a_common_request_like_the_last_under_the_last_key_and_any_difference_under_its_own() -> None:
     """`offer` reuses the last common request's key when every part of the request equals it
     (strings that are other objects included, as every request's are); a request that differs in
-    any part (model, version, input name, datatype, shape, classes, probability type, rows, raw
-    bytes) is queued exactly as `queue_item` queues it, and a common one's key becomes the last."""
+    any part (model, version, input name, datatype, shape, classes, probability type, rows, inputs,
+    raw bytes) is queued exactly as `queue_item` queues it, and a common one's key becomes the last."""
     capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), queue_size=1000)
     x, probs = np.ones((1, 4), np.float32), np.full((1, 3), 1 / 3, np.float32)
     def fresh(text: str) -> str:  # an equal string that is another object (as each request's are)
@@ -258,6 +258,9 @@ def test_offer_queues_a_common_request_like_the_last_under_the_last_key_and_any_
         "float64": ("model", "12", [_input(x)], probs.astype(np.float64), 1),
         "typed contents": ("model", "12", [_input(x, raw=False)], probs, 1),
         "two rows": ("model", "12", [_input(np.ones((2, 4), np.float32))], np.full((2, 3), 1 / 3, np.float32), 2),
+        "two rows, one probability row": ("model", "12", [_input(x)], probs, 2),
+        "two inputs": ("model", "12", [_input(x), _input(x, name="second")], probs, 1),
+        "no probabilities": ("model", "12", [_input(x)], None, 1),
     }
     for name, (model, version, inputs, p, rows) in variants.items():
         capture.offer("base", *base)  # the last key is now base's
