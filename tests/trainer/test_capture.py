@@ -239,6 +239,7 @@ def test_offer_queues_a_common_request_like_the_last_under_the_last_key_and_any_
     raw bytes) is queued exactly as `queue_item` queues it, and a common one's key becomes the last."""
     capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), queue_size=1000)
     x, probs = np.ones((1, 4), np.float32), np.full((1, 3), 1 / 3, np.float32)
+
     def fresh(text: str) -> str:  # an equal string that is another object (as each request's are)
         copy = text.encode().decode()
         assert copy == text and copy is not text
