@@ -11,9 +11,12 @@ Trials alternate on/off (and swap the order every trial) so drifting background 
 shared machine hits both alike; each trial drives one server with bench/serving.py's closed-loop
 Python grpc.aio client (the same pre-serialised 256-byte ModelInfer request). Reported: the median
 of the per-trial ratios on/off (target >= 0.95); the client's and each server's CPU per request and
-the trainer's CPU per stored record, with the ratio they imply on saturated cores,
+the trainer's CPU per stored record, with the ratio they would imply on saturated cores,
 (client + server off) / (client + server on + trainer), a second estimate that background load
-disturbs much less; and the capture counters (captured, acknowledged, dropped) of the "on" server.
+disturbs much less (on this 2-core machine the cores are not saturated at concurrency 8: the
+serving process's event-loop thread is, so throughput follows that thread's CPU per request and
+the trainer's CPU counts less than this estimate assumes; docs/benchmarks.md section 2, session
+15); and the capture counters (captured, acknowledged, dropped) of the "on" server.
 
 `--null-collector` adds a third server, capturing to bench/null_collector.py (acknowledges every
 batch at once, stores nothing, SCHED_IDLE), rotated with the other two in every trial: the part of
@@ -181,7 +184,7 @@ def run_once(args: argparse.Namespace, payload: bytes) -> dict:
     ratios = [t["ratio"] for t in trials]
     captured = sum(v for k, v in m.items() if k.startswith("pseudoserve_capture_records_total"))
     stored = tm.get("pseudoserve_trainer_stored_total", 0.0)
-    summary = {
+    s = {
         "median_ratio": float(np.median(ratios)), "min_ratio": float(min(ratios)), "max_ratio": float(max(ratios)),
         "off_median_throughput": float(np.median([t["off"]["throughput"] for t in trials])),
         "on_median_throughput": float(np.median([t["on"]["throughput"] for t in trials])),
@@ -193,10 +196,11 @@ def run_once(args: argparse.Namespace, payload: bytes) -> dict:
         "off_client_cpu_us": float(np.median([t["off"]["client_cpu_us"] for t in trials])),
         "on_client_cpu_us": float(np.median([t["on"]["client_cpu_us"] for t in trials])),
     }
-    s = summary
-    # With client, service and trainer saturating the same cores, throughput is inversely
-    # proportional to the CPU all of them spend per request: a second estimate of the ratio,
-    # from CPU times (which background load disturbs much less than wall-clock throughput).
+    # Were client, service and trainer saturating the same cores, throughput would be inversely
+    # proportional to the CPU all of them spend per request: a second estimate of the ratio, from
+    # CPU times (which background load disturbs much less than wall-clock throughput). It assumes
+    # more than this machine shows at concurrency 8, where the serving event-loop thread is the
+    # bottleneck and the cores have idle time (docs/benchmarks.md section 2, session 15).
     s["cpu_ratio"] = ((s["off_client_cpu_us"] + s["off_server_cpu_us"])
                       / (s["on_client_cpu_us"] + s["on_server_cpu_us"] + s["trainer_cpu_us_per_record"]))
     print(f"\n| capture | infer/s (median of {args.trials}) | client CPU µs/req | server CPU µs/req | "
@@ -221,7 +225,7 @@ def run_once(args: argparse.Namespace, payload: bytes) -> dict:
     print(f"CPU-time estimate: (client + server off) / (client + server on + trainer) = {s['cpu_ratio']:.3f}")
     print(f"captured {s['captured']:.0f}, acknowledged {s['acknowledged']:.0f}, trainer stored {stored:.0f} "
           f"({s['trainer_cpu_us_per_record']:.0f} µs trainer CPU per record), dropped {s['dropped']}")
-    return {"trials": trials, "summary": summary}
+    return {"trials": trials, "summary": s}
 
 
 def _interval(logs: list[float]) -> dict:
