@@ -13,9 +13,12 @@ Guarantees and choices:
   appended to the queue (`queue_item`); its counters are plain ints read at scrape time. For the
   common request (one sample, one input given as bytes, one float32 probability row) the tuple
   holds only that input's bytes, a copy of the probability row and an interned key (model, version,
-  classes, input name, datatype, shape); a request whose every part equals the last common
-  request's reuses that key without building or hashing one (compared part by part: in a live
-  server this cut `offer` from 4.7-5.1 to 3.4-3.7 µs, docs/benchmarks.md section 2, session 15). So
+  classes, input name, datatype, shape). When the data plane passes the model version that served
+  and validated the request, and that version's one-sample requests can only be common requests of
+  one key (`version_key`: one required input of a fixed shape, a float32 probability output of a
+  fixed class count), `offer` checks only the request's raw bytes and its probabilities' type and
+  shape and reuses the version's interned key: about 105 bytecodes per request, against 143 when it
+  compared every part of the request with the last key (docs/benchmarks.md section 2, session 16). So
   every other object of the request (its InferInputs, the decoded array, onnxruntime's output) is
   freed when the request ends, while it is still in the cache (held until the sender's next burst,
   they made onnxruntime's call 2-4 µs slower: docs/benchmarks.md, section 2, session 13). Any other
@@ -26,7 +29,9 @@ Guarantees and choices:
   `offer`, the sender and `stop` all run on one event loop (the data plane's), so the queue takes
   no lock (a lock per request cost 0.5 µs); `depth()`, read by the metrics thread, only adds plain
   ints. Conversion happens in the background task on the same event loop: every `CONVERT_INTERVAL`
-  (0.2 s) it takes what was queued in one burst, `CONVERT_CHUNK` requests at a time with a turn of
+  (0.2 s; a thread sets an event on the loop each tick, because any timer pending on the serving
+  loop costs asyncio's `_run_once` about 17 bytecodes on every turn, some 68 per served request:
+  docs/benchmarks.md section 2, session 16) it takes what was queued in one burst, `CONVERT_CHUNK` requests at a time with a turn of
   the loop in between, so requests never wait behind a whole burst. A chunk made only of the common
   request with one key, as steady traffic to one model is, joins its group in one step of C-level
   passes (`_collect_uniform`, which compares the keys by identity); any other chunk goes request by
@@ -68,12 +73,13 @@ import operator
 import random
 import socket
 import struct
+import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -83,6 +89,9 @@ from prometheus_client.core import CounterMetricFamily
 from protos import collector_pb2, collector_pb2_grpc
 from service.domain import InferInput
 from service.tensors import encode_raw
+
+if TYPE_CHECKING:
+    from service.model import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +165,25 @@ def queue_item(timestamp_ns: int, request_id: str, model_name: str, model_versio
                 key = keys.setdefault(key, key)
             return timestamp_ns, request_id, key, raw, probabilities.tobytes(), 1
     return timestamp_ns, request_id, None, (model_name, model_version, inputs), probabilities, rows
+
+
+def version_key(source: ModelVersion, keys: dict[tuple, tuple]) -> tuple[tuple | None, tuple[int, int] | None]:
+    """(key, probabilities' shape) that every one-sample request model version `source` accepts
+    (`ModelVersion.validate`) has as a common request (`queue_item`), given a (1, classes) float32
+    probability row; (None, None) when its requests may differ. That holds when the version takes
+    exactly one input, required and not BYTES, whose shape is fixed apart from the batch dimension,
+    and its probability output is float32 with a fixed class count: validation then leaves the
+    request one input of the version's name, datatype and shape. The key is interned in `keys`."""
+    if source.prob_index is None or len(source.inputs) != 1 or source.optional_inputs:
+        return None, None
+    (spec,) = source.inputs.values()
+    output = source.outputs[source.prob_index]
+    shape = (1, *spec.shape[1:]) if source.options.max_batch_size > 0 else spec.shape
+    if (spec.datatype == "BYTES" or min(shape, default=0) < 0 or output.datatype != "FP32"
+            or len(output.shape) != 2 or output.shape[0] not in (-1, 1) or output.shape[1] < 1):
+        return None, None
+    key = (source.name, source.version_str, output.shape[1], spec.name, spec.datatype, shape)
+    return keys.setdefault(key, key), (1, output.shape[1])
 
 
 def _group_for(key: tuple, groups: dict[tuple, _Group]) -> _Group:
@@ -471,13 +499,18 @@ class Capture:
         self._unacked_records = 0
         self._building: dict[tuple, _Group] = {}  # records taken from the queue, compacted, not yet a batch
         self._keys: dict[tuple, tuple] = {}  # interned keys of common requests (`queue_item`)
-        self._last_key: tuple | None = None  # the last common request's key (interned)
-        self._last_rows_shape: tuple[int, int] | None = None  # its probabilities' shape, (1, classes)
+        # the model version `offer` saw last (a reference to one version at most, so a retired one is
+        # freed by the next request) and its `version_key`
+        self._source: ModelVersion | None = None
+        self._source_key: tuple | None = None
+        self._source_rows_shape: tuple[int, int] | None = None
         self._building_records = 0
         self._next_batch_id = 1
         self._closed = False
         self._stopping = False
         self._wake: asyncio.Event | None = None
+        self._ticked: asyncio.Event | None = None  # set every tick by the ticker thread (`_tick_from_thread`)
+        self._ticker_stop = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._random = (rng or random.Random()).random
@@ -498,30 +531,37 @@ class Capture:
     # -- the hot path ----------------------------------------------------------------------------
 
     def offer(self, request_id: str, model_name: str, model_version: str, inputs: Sequence[InferInput],
-              probabilities: np.ndarray | None, rows: int = 1) -> None:
+              probabilities: np.ndarray | None, rows: int = 1, source: ModelVersion | None = None) -> None:
         """Queue one served request for capture: its InferInputs, its probability output (None for a
         model without one) and its batch size `rows` (1 for a model without batching), which is how
         many records it yields. O(1): one tuple appended (`queue_item`), nothing grouped or
         converted (the sender does that); never blocks, never raises. The arrays of a request other
-        than the common one must not change afterwards."""
+        than the common one must not change afterwards.
+
+        `source` is the model version that served the request, after `ModelVersion.validate`
+        accepted its inputs: when every one-sample request it accepts is a common request of one
+        key (`version_key`), a one-sample request is queued under that key with no check of its
+        input's name, datatype or shape (validation made them the version's), only of what the
+        model computed (its probabilities' type and shape) and of its bytes being there."""
         try:
             if self._closed or (self._models is not None and model_name not in self._models):
                 return
             if self._sampling < 1.0 and self._random() >= self._sampling:
                 return
-            last = self._last_key
-            if (last is not None and rows == 1 and model_version == last[1] and len(inputs) == 1
-                    and probabilities.__class__ is np.ndarray and probabilities.dtype is _F32
-                    and probabilities.shape == self._last_rows_shape):
-                tensor = inputs[0]
-                raw = tensor.raw
-                if (raw is not None and tensor.shape == last[5] and tensor.name == last[3]
-                        and tensor.datatype == last[4] and model_name == last[0]):
-                    item = (_time_ns(), request_id, last, raw, probabilities.tobytes(), 1)
-                else:
-                    item = self._queue_item(request_id, model_name, model_version, inputs, probabilities, rows)
-            else:
-                item = self._queue_item(request_id, model_name, model_version, inputs, probabilities, rows)
+            item = None
+            if rows == 1 and source is not None:
+                if source is not self._source:
+                    self._source = source
+                    self._source_key, self._source_rows_shape = version_key(source, self._keys)
+                key = self._source_key
+                if key is not None:
+                    raw = inputs[0].raw
+                    if (raw is not None and probabilities.dtype is _F32
+                            and probabilities.shape == self._source_rows_shape):
+                        item = (_time_ns(), request_id, key, raw, probabilities.tobytes(), 1)
+            if item is None:
+                item = queue_item(_time_ns(), request_id, model_name, model_version, inputs, probabilities, rows,
+                                  self._keys)
             self._pending.append(item)
             self._pending_records += rows
             captured = self._captured
@@ -532,16 +572,6 @@ class Capture:
             if not self._warned:
                 self._warned = True
                 log.exception("capture: offer failed (logged once)")
-
-    def _queue_item(self, request_id: str, model_name: str, model_version: str, inputs: Sequence[InferInput],
-                    probabilities: np.ndarray | None, rows: int) -> _Queued:
-        """`queue_item` for a request that is not a common request of the last key; a common
-        request's key becomes the last key."""
-        item = queue_item(_time_ns(), request_id, model_name, model_version, inputs, probabilities, rows, self._keys)
-        key = item[2]
-        if key is not None:
-            self._last_key, self._last_rows_shape = key, (1, key[2])
-        return item
 
     def _drop_oldest(self) -> None:
         """Over the bound: drop the oldest queued (never sent) requests until within it."""
@@ -559,7 +589,22 @@ class Capture:
     async def start(self) -> None:
         """Start the background sender (the trainer need not be up)."""
         self._wake = asyncio.Event()
+        self._ticked = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._tick_from_thread, args=(loop, self._ticked), name="capture-ticker",
+                         daemon=True).start()
         self._task = asyncio.create_task(self._run(), name="capture-sender")
+
+    def _tick_from_thread(self, loop: asyncio.AbstractEventLoop, ticked: asyncio.Event) -> None:
+        """The sender's clock: sets `ticked` on the loop every tick until `stop` (or the loop closes).
+        A thread, not a timer on the serving loop: while any timer is pending, asyncio's `_run_once`
+        checks the timer heap and reads the clock on every turn of the loop, about four turns per
+        served request (docs/benchmarks.md, section 2, session 16)."""
+        while not self._ticker_stop.wait(self._tick):
+            try:
+                loop.call_soon_threadsafe(ticked.set)
+            except RuntimeError:  # the loop is closed
+                return
 
     async def stop(self, timeout: float) -> None:
         """Stop accepting records, try for up to `timeout` seconds to deliver what is queued, then
@@ -568,6 +613,8 @@ class Capture:
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
+        if self._ticked is not None:
+            self._ticked.set()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
@@ -582,6 +629,7 @@ class Capture:
         if lost:
             self.metrics.dropped.labels(reason="shutdown").inc(lost)
             log.warning("capture: %d records not acknowledged by the trainer at shutdown", lost)
+        self._ticker_stop.set()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -668,11 +716,17 @@ class Capture:
                     await call.done_writing()
                     await asyncio.wait_for(reader, 5.0)
                     return state["acked"]
-                await asyncio.sleep(self._tick)  # one timer a tick: a moved window or a broken stream waits for it
+                await self._next_tick()  # a moved window or a broken stream waits for it
         finally:
             reader.cancel()
             call.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+    async def _next_tick(self) -> None:
+        """Wait for the ticker thread's next tick (at once if one came while the sender worked)."""
+        assert self._ticked is not None
+        await self._ticked.wait()
+        self._ticked.clear()
 
     async def _accepted(self, call: Any, reader: asyncio.Task) -> None:
         """Wait until the trainer accepted the stream (its initial metadata) before writing, so a

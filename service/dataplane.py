@@ -45,9 +45,10 @@ class DataPlane:
         self._on_models_changed = on_models_changed
         self.ready = False
         self._perf_counter = time.perf_counter
-        # Generated request ids: a random per-process prefix and a counter (unique across restarts
-        # with overwhelming probability, and ~10x cheaper than a uuid4 per request).
-        self._id_prefix = uuid.uuid4().hex[:16]
+        # Generated request ids: a random per-process prefix and a decimal counter (unique across
+        # restarts with overwhelming probability; a uuid4 per request costs ~10x more, and a
+        # formatted counter such as `:016x` ~2x more: docs/benchmarks.md section 2, session 16).
+        self._id_prefix = uuid.uuid4().hex[:16] + "-"
         self._id_counter = itertools.count(1)
 
     # --- server -------------------------------------------------------------------------------
@@ -132,8 +133,8 @@ class DataPlane:
         capture = self.capture
         if capture is not None and request.capture:
             if not request_id:  # the sample's key in the trainer's store (SubmitLabels by id)
-                request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
+                request_id = f"{self._id_prefix}{next(self._id_counter)}"
             capture.offer(request_id, mv.name, mv.version_str, request.inputs,
-                          computed[mv.prob_index] if mv.prob_index is not None else None, rows)
+                          computed[mv.prob_index] if mv.prob_index is not None else None, rows, mv)
         metrics.request_succeeded(rows, self._perf_counter() - start, queue_s)
         return InferResponse(name, mv.version_str, request_id, outputs, request.raw_outputs)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -36,7 +37,7 @@ from service.capture import (
 )
 from service.domain import InferInput
 from service.server import InferenceServer
-from tests.fixtures.onnx_models import write_version
+from tests.fixtures.onnx_models import typed_model, write_version
 from tests.fixtures.servers import make_settings
 from tests.trainer.helpers import eventually, start_trainer
 
@@ -232,50 +233,88 @@ def test_common_requests_are_queued_as_bytes_under_one_interned_key() -> None:
         assert odd[2] is None and odd[3][:2] == ("m", "1") and odd[4] is not None
 
 
-def test_offer_queues_a_common_request_like_the_last_under_the_last_key_and_any_difference_under_its_own() -> None:
-    """`offer` reuses the last common request's key when every part of the request equals it
-    (strings that are other objects included, as every request's are); a request that differs in
-    any part (model, version, input name, datatype, shape, classes, probability type, rows, inputs,
-    raw bytes) is queued exactly as `queue_item` queues it, and a common one's key becomes the last."""
+async def test_offer_queues_a_one_sample_request_under_its_versions_key_and_anything_else_as_queue_item_does(
+        tmp_path: Path) -> None:
+    """Given the real model version that served a request (`source`), `offer` queues what
+    `queue_item` would, whatever the version and the request: a one-sample request with raw bytes
+    and a (1, classes) float32 probability row under the version's own key (`version_key`, one
+    object per key), and any other request (typed contents, several rows, probabilities of another
+    type or shape, a version whose requests may differ) under its own key or none."""
+    repo = tmp_path / "models"
+    write_version(repo, "mlp", 1)
+    write_version(repo, "plus", 1, typed_model("FP32"))  # x [batch, 4] -> y FP32 [batch, 4]
+    write_version(repo, "plus64", 1, typed_model("FP64"))  # its float output is FP64: no version key
+    write_version(repo, "fixed", 1, config='max_batch_size: 0\ninput { name: "input" data_type: TYPE_FP32 dims: [ 1, 64 ] }')
+    write_version(repo, "open", 1, config='max_batch_size: 0\ninput { name: "input" data_type: TYPE_FP32 dims: [ -1, 64 ] }')
+    write_version(repo, "plusint", 1, typed_model("INT32"))  # no float output: no probabilities
+    pair = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", 4]) for name in ("a", "b", "y")]
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Add", ["a", "b"], ["y"])], "add", pair[:2], pair[2:])
+    two = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    two.ir_version = 8
+    write_version(repo, "two", 1, two)  # two inputs: a one-sample request is not a common one
+    server = InferenceServer(make_settings(repo), CollectorRegistry())
+    await server.start()
+    try:
+        versions = {name: server.dataplane.manager.get(name, "")
+                    for name in ("mlp", "plus", "plus64", "fixed", "open", "plusint", "two")}
+    finally:
+        await server.stop()
     capture = Capture(f"127.0.0.1:{free_port()}", registry=CollectorRegistry(), queue_size=1000)
-    x, probs = np.ones((1, 4), np.float32), np.full((1, 3), 1 / 3, np.float32)
+    keys = capture._keys
+    assert capture_module.version_key(versions["mlp"], keys) == (("mlp", "1", 10, "input", "FP32", (1, 64)), (1, 10))
+    assert capture_module.version_key(versions["plus"], keys) == (("plus", "1", 4, "x", "FP32", (1, 4)), (1, 4))
+    assert capture_module.version_key(versions["fixed"], keys) == (("fixed", "1", 10, "input", "FP32", (1, 64)), (1, 10))
+    assert capture_module.version_key(versions["plus64"], keys) == (None, None)
+    assert capture_module.version_key(versions["open"], keys) == (None, None)  # a variable dimension
+    assert capture_module.version_key(versions["plusint"], keys) == (None, None)
+    assert capture_module.version_key(versions["two"], keys) == (None, None)
+    odd = {"plusint": ([_input(np.ones((1, 4), np.int32), name="x", datatype="INT32")], None, 1),
+           "two": ([_input(np.ones((1, 4), np.float32), name="a"), _input(np.ones((1, 4), np.float32), name="b")],
+                   np.full((1, 4), 0.25, np.float32), 1)}
+    for model, (inputs, p, rows) in odd.items():  # queued as references, like any request of no key
+        mv = versions.pop(model)
+        mv.validate(inputs)
+        capture.offer(model, model, "1", inputs, p, rows, mv)
+        queued = capture._pending.pop()
+        assert queued[1:3] == (model, None) and queued[3] == (model, "1", inputs) and queued[4] is p, model
+    rng = np.random.default_rng(4)
 
-    def fresh(text: str) -> str:  # an equal string that is another object (as each request's are)
-        copy = text.encode().decode()
-        assert copy == text and copy is not text
-        return copy
+    def requests(mv) -> dict[str, tuple[list[InferInput], np.ndarray, int]]:
+        (spec,) = mv.inputs.values()
+        width = spec.shape[-1]
+        one, two = rng.random((1, width)).astype(spec.dtype), rng.random((2, width)).astype(spec.dtype)
+        classes = mv.outputs[mv.prob_index].shape[-1]
+        probs = rng.dirichlet(np.ones(classes), 2).astype(mv.outputs[mv.prob_index].dtype)
+        name, datatype = spec.name, spec.datatype
+        return {"common": ([_input(one, name=name, datatype=datatype)], probs[:1], 1),
+                "equal strings": ([_input(one, name=name.encode().decode(), datatype=datatype.encode().decode())],
+                                  probs[:1].copy(), 1),
+                "typed contents": ([_input(one, raw=False, name=name, datatype=datatype)], probs[:1], 1),
+                "two rows": ([_input(two, name=name, datatype=datatype)], probs, 2),
+                "two rows, one probability row": ([_input(two, name=name, datatype=datatype)], probs[:1], 2),
+                "float64 probabilities": ([_input(one, name=name, datatype=datatype)], probs[:1].astype(np.float64), 1),
+                "other classes": ([_input(one, name=name, datatype=datatype)], probs[:1, :3].copy(), 1),
+                "one-dimensional probabilities": ([_input(one, name=name, datatype=datatype)], probs[0], 1)}
 
-    base = ("model", "12", [_input(x)], probs, 1)
-    variants = {
-        "same": base,
-        "equal strings": (fresh("model"), fresh("12"), [_input(x, name=fresh("input"), datatype=fresh("FP32"))],
-                          probs.copy(), 1),
-        "model": ("other", "12", [_input(x)], probs, 1),
-        "version": ("model", "13", [_input(x)], probs, 1),
-        "input name": ("model", "12", [_input(x, name="other")], probs, 1),
-        "datatype": ("model", "12", [_input(x.view(np.int32), datatype="INT32")], probs, 1),
-        "shape": ("model", "12", [_input(np.ones((1, 5), np.float32))], probs, 1),
-        "classes": ("model", "12", [_input(x)], np.full((1, 4), 1 / 4, np.float32), 1),
-        "float64": ("model", "12", [_input(x)], probs.astype(np.float64), 1),
-        "typed contents": ("model", "12", [_input(x, raw=False)], probs, 1),
-        "two rows": ("model", "12", [_input(np.ones((2, 4), np.float32))], np.full((2, 3), 1 / 3, np.float32), 2),
-        "two rows, one probability row": ("model", "12", [_input(x)], probs, 2),
-        "two inputs": ("model", "12", [_input(x), _input(x, name="second")], probs, 1),
-        "no probabilities": ("model", "12", [_input(x)], None, 1),
-    }
-    for name, (model, version, inputs, p, rows) in variants.items():
-        capture.offer("base", *base)  # the last key is now base's
-        last = capture._last_key
-        assert last == ("model", "12", 3, "input", "FP32", (1, 4)), name
-        capture.offer(name, model, version, inputs, p, rows)
-        expected = capture_module.queue_item(0, name, model, version, inputs, p, rows, capture._keys)
-        queued = capture._pending[-1]
-        assert queued[1:3] == expected[1:3] and queued[5] == expected[5], name
-        if expected[2] is not None:
-            assert queued[2] is capture._keys[expected[2]] and queued[3:5] == expected[3:5], name
-            assert capture._last_key is queued[2], name  # a common request's key becomes the last key
-    base_key = capture._pending[0][2]
-    assert [item[2] is base_key for item in list(capture._pending)[:4]] == [True] * 4  # same, equal strings
+    queued_as = {}
+    for model, mv in versions.items():
+        for name, (inputs, p, rows) in requests(mv).items():
+            if model in ("fixed", "open") and rows > 1:
+                continue  # no batching: one sample per request
+            mv.validate(inputs)  # a request the version accepts, as the data plane checked it
+            capture.offer(name, model, "1", inputs, p, rows, mv)
+            expected = capture_module.queue_item(0, name, model, "1", inputs, p, rows, keys)
+            queued = capture._pending[-1]
+            assert queued[1:3] == expected[1:3] and queued[5] == expected[5], (model, name)
+            if expected[2] is not None:  # a common request: its bytes, under the one interned key
+                assert queued[2] is keys[expected[2]] and queued[3:5] == expected[3:5], (model, name)
+            else:
+                assert queued[3][:2] == expected[3][:2] and queued[3][2] is inputs and queued[4] is p, (model, name)
+            queued_as[model, name] = queued[2]
+    assert len(queued_as) == len(capture._pending) == 3 * 8 + 2 * 6
+    for model in ("mlp", "plus", "fixed"):  # the version's own key (interned), for equal strings too
+        key = capture_module.version_key(versions[model], keys)[0]
+        assert queued_as[model, "common"] is key and queued_as[model, "equal strings"] is key, model
 
 
 async def test_requests_of_one_record_are_taken_in_one_step_and_the_rest_stays_queued_in_order() -> None:

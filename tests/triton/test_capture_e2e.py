@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -217,7 +218,7 @@ def test_trainer_down_at_service_start_up(processes) -> None:
         tensor = grpcclient.InferInput("input", [1, 64], "FP32")
         tensor.set_data_from_numpy(rng.normal(size=(1, 64)).astype(np.float32))
         generated = client.infer("mlp", [tensor], client_timeout=30).get_response().id
-    assert len(generated) == 32 and int(generated, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{16}-[1-9][0-9]*", generated), generated  # the process's prefix, a counter
     assert _metric(service.metrics_port, "pseudoserve_capture_acknowledged_total") == 0
     trainer.start()
     status = _wait_stored(trainer, 201)
