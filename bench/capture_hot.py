@@ -5,7 +5,8 @@ into CaptureBatches (`_take_batch`: grouping, columns, the CaptureGroup) and the
     .venv/bin/python bench/capture_hot.py [--records 20480] [--repeats 5]
 
 The records are the capture benchmark's: one request of one row, one FP32 [1, 64] input (256 raw
-bytes) and a 10-class `probabilities` output. Prints the median over `--repeats` of each cost in
+bytes) and a 10-class `probabilities` output, offered with the serving benchmark's model version
+(loaded by a real `InferenceServer`) as the data plane offers them. Prints the median over `--repeats` of each cost in
 µs per record. In a live server the same code costs several times as much (caches, see
 docs/benchmarks.md section 2); this is the repeatable part of that figure.
 """
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,8 +26,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from bench.serving import CONFIG, MODEL
 from service.capture import Capture
 from service.domain import InferInput
+from service.model import ModelVersion
+from service.server import InferenceServer
+from tests.fixtures.onnx_models import write_version
+from tests.fixtures.servers import make_settings
+
+
+async def _model_version() -> ModelVersion:
+    """The serving benchmark's model version, as a server loads it (its specs are what `offer` reads)."""
+    with tempfile.TemporaryDirectory() as folder:
+        repo = Path(folder) / "models"
+        write_version(repo, MODEL, 1, config=CONFIG)
+        server = InferenceServer(make_settings(repo), CollectorRegistry())
+        await server.start()
+        try:
+            return server.dataplane.manager.get(MODEL, "")
+        finally:
+            await server.stop()
 
 
 async def _convert(capture: Capture) -> tuple[float, float, int]:
@@ -46,7 +66,7 @@ async def _convert(capture: Capture) -> tuple[float, float, int]:
         capture._unacked_records = 0
 
 
-def measure(records: int) -> dict[str, float]:
+def measure(records: int, source: ModelVersion) -> dict[str, float]:
     rng = np.random.default_rng(0)
     xs = [rng.random((1, 64), dtype=np.float32) for _ in range(256)]
     inputs = [[InferInput("input", "FP32", (1, 64), x, x.tobytes())] for x in xs]
@@ -56,7 +76,7 @@ def measure(records: int) -> dict[str, float]:
                       flush_interval=0.0)
     start = time.thread_time()
     for i in range(records):
-        capture.offer(ids[i], "mlp", "1", inputs[i % 256], outputs[i % 256], 1)
+        capture.offer_served(ids[i], source, inputs[i % 256], [outputs[i % 256]], 1)
     offer = time.thread_time() - start
     capture._stopping = True  # take every queued record, however few
     convert, serialize, batches = asyncio.run(_convert(capture))
@@ -69,7 +89,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20480)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    runs = [measure(args.records) for _ in range(args.repeats)]
+    source = asyncio.run(_model_version())
+    runs = [measure(args.records, source) for _ in range(args.repeats)]
     medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     print(" ".join(f"{key} {value:.2f}" for key, value in medians.items()),
           f"total {sum(medians.values()):.2f} µs per record (median of {args.repeats})")

@@ -76,7 +76,7 @@ import struct
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,16 +111,17 @@ _BYTES = {bytes}
 
 class _CapturedCollector:
     """`pseudoserve_capture_records_total{model}` read at scrape time from plain per-model ints
-    that `offer` increments (a prometheus_client Counter takes a lock per increment)."""
+    (each in a one-item list) that `offer` increments (a prometheus_client Counter takes a lock per
+    increment)."""
 
-    def __init__(self, counts: dict[str, int]) -> None:
+    def __init__(self, counts: dict[str, list[int]]) -> None:
         self._counts = counts
 
     def collect(self):
         family = CounterMetricFamily("pseudoserve_capture_records", "Records captured for the trainer",
                                      labels=["model"])
-        for model, n in list(self._counts.items()):
-            family.add_metric([model], n)
+        for model, count in list(self._counts.items()):
+            family.add_metric([model], count[0])
         yield family
 
 
@@ -128,7 +129,8 @@ class CaptureMetrics:
     """The capture families of docs/architecture.md, on the service's registry. The two the hot
     path feeds (records captured, queue depth) are read at scrape time from plain values."""
 
-    def __init__(self, registry: CollectorRegistry, captured: dict[str, int], depth: Callable[[], int]) -> None:
+    def __init__(self, registry: CollectorRegistry, captured: dict[str, list[int]],
+                 depth: Callable[[], int]) -> None:
         registry.register(_CapturedCollector(captured))
         self.sent = Counter("pseudoserve_capture_sent", "Records sent to the trainer (resends included)",
                             registry=registry)
@@ -491,19 +493,20 @@ class Capture:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self.sender = sender or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        self._captured: dict[str, int] = {}  # records offered per model (read at scrape time)
+        self._captured: dict[str, list[int]] = {}  # records offered per model (read at scrape time)
         self.metrics = CaptureMetrics(registry, self._captured, self.depth)
-        self._pending: deque[_Queued] = deque()
+        self._pending: list[_Queued] = []  # oldest first; the sender takes (and `_drop_oldest` drops) slices
         self._pending_records = 0
         self._unacked: OrderedDict[int, tuple[collector_pb2.CaptureBatch, int]] = OrderedDict()  # id -> (batch, samples)
         self._unacked_records = 0
         self._building: dict[tuple, _Group] = {}  # records taken from the queue, compacted, not yet a batch
         self._keys: dict[tuple, tuple] = {}  # interned keys of common requests (`queue_item`)
-        # the model version `offer` saw last (a reference to one version at most, so a retired one is
-        # freed by the next request) and its `version_key`
+        # the model version `offer_served` saw last, what it needs of it (`_use_source`)
         self._source: ModelVersion | None = None
         self._source_key: tuple | None = None
         self._source_rows_shape: tuple[int, int] | None = None
+        self._source_prob_index: int | None = None
+        self._source_count: list[int] = [0]
         self._building_records = 0
         self._next_batch_id = 1
         self._closed = False
@@ -531,55 +534,90 @@ class Capture:
     # -- the hot path ----------------------------------------------------------------------------
 
     def offer(self, request_id: str, model_name: str, model_version: str, inputs: Sequence[InferInput],
-              probabilities: np.ndarray | None, rows: int = 1, source: ModelVersion | None = None) -> None:
+              probabilities: np.ndarray | None, rows: int = 1) -> None:
         """Queue one served request for capture: its InferInputs, its probability output (None for a
         model without one) and its batch size `rows` (1 for a model without batching), which is how
         many records it yields. O(1): one tuple appended (`queue_item`), nothing grouped or
         converted (the sender does that); never blocks, never raises. The arrays of a request other
-        than the common one must not change afterwards.
-
-        `source` is the model version that served the request, after `ModelVersion.validate`
-        accepted its inputs: when every one-sample request it accepts is a common request of one
-        key (`version_key`), a one-sample request is queued under that key with no check of its
-        input's name, datatype or shape (validation made them the version's), only of what the
-        model computed (its probabilities' type and shape) and of its bytes being there."""
+        than the common one must not change afterwards."""
         try:
             if self._closed or (self._models is not None and model_name not in self._models):
                 return
             if self._sampling < 1.0 and self._random() >= self._sampling:
                 return
-            item = None
-            if rows == 1 and source is not None:
-                if source is not self._source:
-                    self._source = source
-                    self._source_key, self._source_rows_shape = version_key(source, self._keys)
-                key = self._source_key
-                if key is not None:
-                    raw = inputs[0].raw
-                    if (raw is not None and probabilities.dtype is _F32
-                            and probabilities.shape == self._source_rows_shape):
-                        item = (_time_ns(), request_id, key, raw, probabilities.tobytes(), 1)
-            if item is None:
-                item = queue_item(_time_ns(), request_id, model_name, model_version, inputs, probabilities, rows,
-                                  self._keys)
-            self._pending.append(item)
+            self._pending.append(queue_item(_time_ns(), request_id, model_name, model_version, inputs, probabilities,
+                                            rows, self._keys))
             self._pending_records += rows
-            captured = self._captured
-            captured[model_name] = captured.get(model_name, 0) + rows
+            self._count_of(model_name)[0] += rows
             if self._pending_records + self._unacked_records + self._building_records > self._capacity:
                 self._drop_oldest()
-        except Exception:
-            if not self._warned:
-                self._warned = True
-                log.exception("capture: offer failed (logged once)")
+        except Exception:  # noqa: BLE001 - logged (once) by _offer_failed
+            self._offer_failed()
+
+    def offer_served(self, request_id: str, source: ModelVersion, inputs: Sequence[InferInput],
+                     outputs: Sequence[np.ndarray], rows: int) -> None:
+        """`offer`, as the data plane calls it: for a request that model version `source` served
+        after `ModelVersion.validate` accepted its inputs, with all of the version's `outputs`.
+        When every one-sample request the version accepts is a common request of one key
+        (`version_key`) and capture takes every request of its model, a one-sample request is
+        queued under that key with no check of its input's name, datatype or shape (validation made
+        them the version's), only of what the model computed (its probabilities' type and shape)
+        and of its raw bytes being there: about 80 bytecodes, against 143 when `offer` compared
+        every part of a request with the last one's (docs/benchmarks.md section 2, session 16).
+        Anything else goes through `offer`. Never blocks, never raises."""
+        try:
+            if source is not self._source:
+                self._use_source(source)
+            key = self._source_key
+            if key is not None and rows == 1:
+                raw = inputs[0].raw
+                probabilities = outputs[self._source_prob_index]
+                if raw is not None and probabilities.dtype is _F32 and probabilities.shape == self._source_rows_shape:
+                    self._pending.append((_time_ns(), request_id, key, raw, probabilities.tobytes(), 1))
+                    self._pending_records += 1
+                    self._source_count[0] += 1
+                    if self._pending_records + self._unacked_records + self._building_records > self._capacity:
+                        self._drop_oldest()
+                    return
+            index = source.prob_index
+            self.offer(request_id, source.name, source.version_str, inputs,
+                       outputs[index] if index is not None else None, rows)
+        except Exception:  # noqa: BLE001 - logged (once) by _offer_failed
+            self._offer_failed()
+
+    def _use_source(self, source: ModelVersion) -> None:
+        """Make `source` the model version `offer_served` knows (one at a time, so a retired
+        version is freed by the next request): its key, None unless capture takes every request of
+        its model (open, the model not filtered out, no sampling), and its model's count."""
+        key, rows_shape = version_key(source, self._keys)
+        if self._closed or self._sampling < 1.0 or (self._models is not None and source.name not in self._models):
+            key = None
+        self._source, self._source_key, self._source_rows_shape = source, key, rows_shape
+        self._source_prob_index = source.prob_index
+        self._source_count = self._count_of(source.name)
+
+    def _count_of(self, model_name: str) -> list[int]:
+        """The model's count of records offered (one int in a list, read at scrape time)."""
+        count = self._captured.get(model_name)
+        if count is None:
+            count = self._captured[model_name] = [0]
+        return count
+
+    def _offer_failed(self) -> None:
+        """Log the exception being handled, the first time only: capture must not fail a request."""
+        if not self._warned:
+            self._warned = True
+            log.exception("capture: offer failed (logged once)")
 
     def _drop_oldest(self) -> None:
         """Over the bound: drop the oldest queued (never sent) requests until within it."""
-        dropped = 0
+        dropped = count = 0
         pending = self._pending
-        while pending and (self._pending_records - dropped + self._unacked_records
-                           + self._building_records > self._capacity):
-            dropped += _rows_of(pending.popleft())
+        while count < len(pending) and (self._pending_records - dropped + self._unacked_records
+                                        + self._building_records > self._capacity):
+            dropped += _rows_of(pending[count])
+            count += 1
+        del pending[:count]
         self._pending_records -= dropped
         if dropped:
             self.metrics.dropped.labels(reason="queue_full").inc(dropped)
@@ -611,6 +649,7 @@ class Capture:
         give up (the rest is counted as dropped, reason shutdown) and close the channel."""
         self._closed = True
         self._stopping = True
+        self._source = None  # `offer_served` looks again, and finds capture closed
         if self._wake is not None:
             self._wake.set()
         if self._ticked is not None:
@@ -796,15 +835,15 @@ class Capture:
         while pending and self._building_records < self._batch_size:
             room = self._batch_size - self._building_records
             if self._pending_records == len(pending):  # requests of one record each (the usual case)
-                popleft = pending.popleft
-                items = [popleft() for _ in range(min(len(pending), room, CONVERT_CHUNK))]
-                count = sum(map(_rows_of, items))
+                count = min(len(pending), room, CONVERT_CHUNK)
+                items = pending[:count]
             else:
-                items, count = [], 0
-                while pending and count < room and len(items) < CONVERT_CHUNK:
-                    item = pending.popleft()
-                    items.append(item)
-                    count += _rows_of(item)
+                taken = count = 0
+                while taken < len(pending) and count < room and taken < CONVERT_CHUNK:
+                    count += _rows_of(pending[taken])
+                    taken += 1
+                items = pending[:taken]
+            del pending[:len(items)]
             self._pending_records -= count
             self._building_records += count
             self._build(items)
@@ -813,7 +852,14 @@ class Capture:
 
     def _build(self, items: list[_Queued]) -> None:
         """Add a chunk of requests to the groups being built, compacted; if the chunk cannot be
-        converted (one malformed output must not stop capture), request by request."""
+        converted (one malformed output must not stop capture), request by request. A chunk of
+        common requests of one key goes straight into its group (`_collect_uniform` checks all
+        before it adds anything, and adding cannot fail half-way)."""
+        building = self._building
+        if _collect_uniform(items, building, self._max_record_bytes):
+            for group in building.values():
+                group.compact()  # a no-op for the groups this chunk did not touch
+            return
         groups: dict[tuple, _Group] = {}
         try:
             truncated = collect(items, groups, self._max_record_bytes)

@@ -134,7 +134,6 @@ class DataPlane:
         if capture is not None and request.capture:
             if not request_id:  # the sample's key in the trainer's store (SubmitLabels by id)
                 request_id = f"{self._id_prefix}{next(self._id_counter)}"
-            capture.offer(request_id, mv.name, mv.version_str, request.inputs,
-                          computed[mv.prob_index] if mv.prob_index is not None else None, rows, mv)
+            capture.offer_served(request_id, mv, request.inputs, computed, rows)
         metrics.request_succeeded(rows, self._perf_counter() - start, queue_s)
         return InferResponse(name, mv.version_str, request_id, outputs, request.raw_outputs)

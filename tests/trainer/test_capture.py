@@ -233,13 +233,14 @@ def test_common_requests_are_queued_as_bytes_under_one_interned_key() -> None:
         assert odd[2] is None and odd[3][:2] == ("m", "1") and odd[4] is not None
 
 
-async def test_offer_queues_a_one_sample_request_under_its_versions_key_and_anything_else_as_queue_item_does(
+async def test_offer_served_queues_a_one_sample_request_under_its_versions_key_and_else_as_offer_does(
         tmp_path: Path) -> None:
-    """Given the real model version that served a request (`source`), `offer` queues what
-    `queue_item` would, whatever the version and the request: a one-sample request with raw bytes
+    """Given the real model version that served a request, `offer_served` queues what `offer`
+    (`queue_item`) would, whatever the version and the request: a one-sample request with raw bytes
     and a (1, classes) float32 probability row under the version's own key (`version_key`, one
     object per key), and any other request (typed contents, several rows, probabilities of another
-    type or shape, a version whose requests may differ) under its own key or none."""
+    type or shape, a version whose requests may differ) under its own key or none; a model that
+    capture filters out, or a stopped capture, queues nothing."""
     repo = tmp_path / "models"
     write_version(repo, "mlp", 1)
     write_version(repo, "plus", 1, typed_model("FP32"))  # x [batch, 4] -> y FP32 [batch, 4]
@@ -271,10 +272,17 @@ async def test_offer_queues_a_one_sample_request_under_its_versions_key_and_anyt
     odd = {"plusint": ([_input(np.ones((1, 4), np.int32), name="x", datatype="INT32")], None, 1),
            "two": ([_input(np.ones((1, 4), np.float32), name="a"), _input(np.ones((1, 4), np.float32), name="b")],
                    np.full((1, 4), 0.25, np.float32), 1)}
+
+    def served(mv, probabilities: np.ndarray | None) -> list[np.ndarray]:  # the version's outputs
+        outputs = [np.zeros((1, 4), np.int32) for _ in mv.outputs]
+        if mv.prob_index is not None:
+            outputs[mv.prob_index] = probabilities
+        return outputs
+
     for model, (inputs, p, rows) in odd.items():  # queued as references, like any request of no key
         mv = versions.pop(model)
         mv.validate(inputs)
-        capture.offer(model, model, "1", inputs, p, rows, mv)
+        capture.offer_served(model, mv, inputs, served(mv, p), rows)
         queued = capture._pending.pop()
         assert queued[1:3] == (model, None) and queued[3] == (model, "1", inputs) and queued[4] is p, model
     rng = np.random.default_rng(4)
@@ -302,7 +310,7 @@ async def test_offer_queues_a_one_sample_request_under_its_versions_key_and_anyt
             if model in ("fixed", "open") and rows > 1:
                 continue  # no batching: one sample per request
             mv.validate(inputs)  # a request the version accepts, as the data plane checked it
-            capture.offer(name, model, "1", inputs, p, rows, mv)
+            capture.offer_served(name, mv, inputs, served(mv, p), rows)
             expected = capture_module.queue_item(0, name, model, "1", inputs, p, rows, keys)
             queued = capture._pending[-1]
             assert queued[1:3] == expected[1:3] and queued[5] == expected[5], (model, name)
@@ -315,6 +323,17 @@ async def test_offer_queues_a_one_sample_request_under_its_versions_key_and_anyt
     for model in ("mlp", "plus", "fixed"):  # the version's own key (interned), for equal strings too
         key = capture_module.version_key(versions[model], keys)[0]
         assert queued_as[model, "common"] is key and queued_as[model, "equal strings"] is key, model
+    registry = CollectorRegistry()
+    filtered = Capture(f"127.0.0.1:{free_port()}", registry=registry, models=["plus"])
+    inputs, p, _ = requests(versions["mlp"])["common"]
+    filtered.offer_served("mlp", versions["mlp"], inputs, [p], 1)
+    assert not filtered._pending and _value(registry, "pseudoserve_capture_records_total", model="mlp") == 0
+    inputs, p, _ = requests(versions["plus"])["common"]
+    filtered.offer_served("plus", versions["plus"], inputs, [p], 1)
+    assert len(filtered._pending) == 1 and _value(registry, "pseudoserve_capture_records_total", model="plus") == 1
+    await filtered.stop(0.1)
+    filtered.offer_served("plus", versions["plus"], inputs, [p], 1)
+    assert not filtered._pending and not filtered._warned  # stopped: nothing queued, nothing raised
 
 
 async def test_requests_of_one_record_are_taken_in_one_step_and_the_rest_stays_queued_in_order() -> None:
