@@ -6,20 +6,21 @@ trainer acks after commit).
 
 Who calls it: the service's server start-up builds `Capture.from_settings(settings, registry)`
 (None when no trainer address is set or sampling is 0), awaits `start()` and, on shutdown,
-`stop(timeout)`; the DataPlane calls `offer(...)` after every successful request.
+`stop(timeout)`; the DataPlane calls `offer_served(...)` after every successful request (other
+callers, `offer(...)`).
 
 Guarantees and choices:
 - `offer` is O(1) and never blocks or raises: sampling, the per-model filter, then one tuple is
   appended to the queue (`queue_item`); its counters are plain ints read at scrape time. For the
   common request (one sample, one input given as bytes, one float32 probability row) the tuple
   holds only that input's bytes, a copy of the probability row and an interned key (model, version,
-  classes, input name, datatype, shape). When the data plane passes the model version that served
-  and validated the request, and that version's one-sample requests can only be common requests of
-  one key (`version_key`: one required input of a fixed shape, a float32 probability output of a
-  fixed class count), `offer` checks only the request's raw bytes and its probabilities' type and
-  shape and reuses the version's interned key: about 105 bytecodes per request, against 143 when it
-  compared every part of the request with the last key (docs/benchmarks.md section 2, session 16). So
-  every other object of the request (its InferInputs, the decoded array, onnxruntime's output) is
+  classes, input name, datatype, shape). `offer_served` is given the model version that served
+  and validated the request: when that version's one-sample requests can only be common requests
+  of one key (`version_key`: one required input of a fixed shape, a float32 probability output of
+  a fixed class count), it checks only the request's raw bytes and its probabilities' type and
+  shape and reuses the version's interned key: 88 bytecodes per request, against 143 when `offer`
+  compared every part of a request with the last one's (docs/benchmarks.md section 2, session 16).
+  So every other object of the request (its InferInputs, the decoded array, onnxruntime's output) is
   freed when the request ends, while it is still in the cache (held until the sender's next burst,
   they made onnxruntime's call 2-4 µs slower: docs/benchmarks.md, section 2, session 13). Any other
   request is queued as references to what the data plane holds (its InferInputs and the probability
@@ -562,8 +563,8 @@ class Capture:
         (`version_key`) and capture takes every request of its model, a one-sample request is
         queued under that key with no check of its input's name, datatype or shape (validation made
         them the version's), only of what the model computed (its probabilities' type and shape)
-        and of its raw bytes being there: about 80 bytecodes, against 143 when `offer` compared
-        every part of a request with the last one's (docs/benchmarks.md section 2, session 16).
+        and of its raw bytes being there: 88 bytecodes, against 143 when `offer` compared every
+        part of a request with the last one's (docs/benchmarks.md section 2, session 16).
         Anything else goes through `offer`. Never blocks, never raises."""
         try:
             if source is not self._source:

@@ -3,8 +3,8 @@
 
 The inference path (`infer`) resolves the version, holds it for the request's lifetime (so a
 hot-swap retires it only after), validates inputs against that version, runs the batcher,
-records metrics and hands the result to capture (`offer` never blocks). No per-request logging,
-no pydantic, no copies beyond the decode/encode the protocol needs.
+records metrics and hands the result to capture (`offer_served` never blocks). No per-request
+logging, no pydantic, no copies beyond the decode/encode the protocol needs.
 """
 
 from __future__ import annotations
