@@ -32,8 +32,9 @@ Guarantees and choices:
   ints. Conversion happens in the background task on the same event loop: every `CONVERT_INTERVAL`
   (0.2 s; a thread sets an event on the loop each tick, because any timer pending on the serving
   loop costs asyncio's `_run_once` about 17 bytecodes on every turn, some 68 per served request:
-  docs/benchmarks.md section 2, session 16) it takes what was queued in one burst, `CONVERT_CHUNK` requests at a time with a turn of
-  the loop in between, so requests never wait behind a whole burst. A chunk made only of the common
+  docs/benchmarks.md section 2, session 16) it takes what was queued in one burst,
+  `CONVERT_CHUNK` requests at a time with a turn of the loop in between, so requests never wait
+  behind a whole burst. A chunk made only of the common
   request with one key, as steady traffic to one model is, joins its group in one step of C-level
   passes (`_collect_uniform`, which compares the keys by identity); any other chunk goes request by
   request. Each chunk is compacted at once (inputs' bytes joined, probabilities stacked), so

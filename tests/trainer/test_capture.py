@@ -245,8 +245,9 @@ async def test_offer_served_queues_a_one_sample_request_under_its_versions_key_a
     write_version(repo, "mlp", 1)
     write_version(repo, "plus", 1, typed_model("FP32"))  # x [batch, 4] -> y FP32 [batch, 4]
     write_version(repo, "plus64", 1, typed_model("FP64"))  # its float output is FP64: no version key
-    write_version(repo, "fixed", 1, config='max_batch_size: 0\ninput { name: "input" data_type: TYPE_FP32 dims: [ 1, 64 ] }')
-    write_version(repo, "open", 1, config='max_batch_size: 0\ninput { name: "input" data_type: TYPE_FP32 dims: [ -1, 64 ] }')
+    unbatched = 'max_batch_size: 0\ninput {{ name: "input" data_type: TYPE_FP32 dims: [ {}, 64 ] }}'
+    write_version(repo, "fixed", 1, config=unbatched.format(1))
+    write_version(repo, "open", 1, config=unbatched.format(-1))
     write_version(repo, "plusint", 1, typed_model("INT32"))  # no float output: no probabilities
     pair = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", 4]) for name in ("a", "b", "y")]
     graph = onnx.helper.make_graph([onnx.helper.make_node("Add", ["a", "b"], ["y"])], "add", pair[:2], pair[2:])
@@ -264,7 +265,8 @@ async def test_offer_served_queues_a_one_sample_request_under_its_versions_key_a
     keys = capture._keys
     assert capture_module.version_key(versions["mlp"], keys) == (("mlp", "1", 10, "input", "FP32", (1, 64)), (1, 10))
     assert capture_module.version_key(versions["plus"], keys) == (("plus", "1", 4, "x", "FP32", (1, 4)), (1, 4))
-    assert capture_module.version_key(versions["fixed"], keys) == (("fixed", "1", 10, "input", "FP32", (1, 64)), (1, 10))
+    fixed = ("fixed", "1", 10, "input", "FP32", (1, 64))
+    assert capture_module.version_key(versions["fixed"], keys) == (fixed, (1, 10))
     assert capture_module.version_key(versions["plus64"], keys) == (None, None)
     assert capture_module.version_key(versions["open"], keys) == (None, None)  # a variable dimension
     assert capture_module.version_key(versions["plusint"], keys) == (None, None)
