@@ -1,13 +1,14 @@
 """What capture costs the serving process per record, in a hot loop (no server, no network):
-`Capture.offer` as the data plane calls it, then the sender's conversion of the queued records
-into CaptureBatches (`_take_batch`: grouping, columns, the CaptureGroup) and their serialization.
+`Capture.offer_served` as the data plane calls it, then the sender's conversion of the queued
+records into CaptureBatches (`_take_batch`: grouping, columns, the CaptureGroup) and their
+serialization.
 
     .venv/bin/python bench/capture_hot.py [--records 20480] [--repeats 5]
 
 The records are the capture benchmark's: one request of one row, one FP32 [1, 64] input (256 raw
 bytes) and a 10-class `probabilities` output, offered with the serving benchmark's model version
-(loaded by a real `InferenceServer`) as the data plane offers them. Prints the median over `--repeats` of each cost in
-µs per record. In a live server the same code costs several times as much (caches, see
+(loaded by a real `InferenceServer`) as the data plane offers them. Prints the median over
+`--repeats` of each cost in µs per record. In a live server the same code costs several times as much (caches, see
 docs/benchmarks.md section 2); this is the repeatable part of that figure.
 """
 
@@ -36,7 +37,7 @@ from tests.fixtures.servers import make_settings
 
 
 async def _model_version() -> ModelVersion:
-    """The serving benchmark's model version, as a server loads it (its specs are what `offer` reads)."""
+    """The serving benchmark's model version, as a server loads it (`offer_served` reads its specs)."""
     with tempfile.TemporaryDirectory() as folder:
         repo = Path(folder) / "models"
         write_version(repo, MODEL, 1, config=CONFIG)
