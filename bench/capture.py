@@ -38,8 +38,8 @@ servers), and reports the pooled figure: the geometric mean of the runs' on/off 
 mean of its per-trial log ratios; runs, not trials, are the units, since a process keeps its speed
 for its whole life) with a 95 % interval (mean ± 2 standard errors), and with `--aa` the same
 against both servers without capture (with `--pairs`, both capturing servers against both
-without). The target counts as met reliably only when the whole interval is at or above 0.95: of
-every figure printed, or with `--pairs` of the two-by-two figure.
+without). The target counts as met reliably only when the whole interval of every figure printed
+is at or above 0.95.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def print_pooled(pooled: dict) -> None:
     if "pairs" in pooled:  # the better estimate: two processes of each kind in every run
         print(f"both capturing servers against both without capture: {show(pooled['pairs'])}; "
               f"on2 / on: {show(pooled['on2_on'])}")
-        figures = [pooled["pairs"]]
+        figures.append(pooled["pairs"])
     verdict = ("met reliably" if min(f["low"] for f in figures) >= 0.95 else
                "met on average, not reliably" if min(f["ratio"] for f in figures) >= 0.95 else "MISSED")
     print(f"runs whose median reaches 0.95: {pooled['runs_median_at_target']} of {pooled['runs']}; records "

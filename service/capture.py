@@ -550,7 +550,7 @@ class Capture:
             self._pending.append(queue_item(_time_ns(), request_id, model_name, model_version, inputs, probabilities,
                                             rows, self._keys))
             self._pending_records += rows
-            self._count_of(model_name)[0] += rows
+            self._captured.setdefault(model_name, [0])[0] += rows
             if self._pending_records + self._unacked_records + self._building_records > self._capacity:
                 self._drop_oldest()
         except Exception:  # noqa: BLE001 - logged (once) by _offer_failed
@@ -596,14 +596,7 @@ class Capture:
             key = None
         self._source, self._source_key, self._source_rows_shape = source, key, rows_shape
         self._source_prob_index = source.prob_index
-        self._source_count = self._count_of(source.name)
-
-    def _count_of(self, model_name: str) -> list[int]:
-        """The model's count of records offered (one int in a list, read at scrape time)."""
-        count = self._captured.get(model_name)
-        if count is None:
-            count = self._captured[model_name] = [0]
-        return count
+        self._source_count = self._captured.setdefault(source.name, [0])
 
     def _offer_failed(self) -> None:
         """Log the exception being handled, the first time only: capture must not fail a request."""
@@ -864,7 +857,7 @@ class Capture:
             return
         groups: dict[tuple, _Group] = {}
         try:
-            truncated = collect(items, groups, self._max_record_bytes)
+            truncated = _collect_each(items, groups, self._max_record_bytes)  # not uniform: checked above
         except Exception:
             log.debug("capture: chunk conversion failed; converting request by request", exc_info=True)
             truncated = 0
